@@ -41,3 +41,6 @@ class MissingModelError(ModelSwapError, FileNotFoundError):
         self.folder = folder
         self.filename = filename
         self.source = source
+
+    def __str__(self) -> str:  # OSError would format "[Errno None] ..." from ``filename``
+        return str(self.args[0]) if self.args else ""
