@@ -56,7 +56,7 @@ def control_engine(pipe9):
 
     torch.manual_seed(1)
     unet_kwargs = {k: v for k, v in tiny_sdxl.UNET_KWARGS.items() if k != "up_block_types"}  # no up blocks
-    controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(16, 32), **unet_kwargs)
+    controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(8, 16, 16, 16), **unet_kwargs)
     with torch.no_grad():  # its output convs start at zero; give them weights so the control image matters
         for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
                        controlnet.controlnet_cond_embedding.conv_out]:
@@ -172,7 +172,10 @@ def test_an_exception_from_on_step_stops_sampling(engine):
 def test_four_channel_unet_inpaints_too(engine4):
     outs = inpaint(engine4, [1, 2])
     assert len(outs) == 2 and outs[0].shape == (SIZE, SIZE, 3) and differs(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], inpaint(engine4, [1])[0])
+    np.testing.assert_array_equal(outs[0], inpaint(engine4, [1, 2])[0])  # bit-identical on repeat
+    # Alone, seed 1 gives the same picture up to batched-convolution rounding (a level or two).
+    alone = inpaint(engine4, [1])[0].astype(int)
+    assert np.abs(alone - outs[0].astype(int)).max() <= 2
 
 
 def test_image_sides_must_be_multiples_of_8(engine):

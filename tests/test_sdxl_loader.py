@@ -280,7 +280,7 @@ def test_controlnet_single_file_uses_config_beside_it(tiny):
     single = tiny["controlnet"] / "diffusion_pytorch_model.safetensors"
     engine = _single(tiny, controlnet_path=single)
     assert type(engine.pipe) is StableDiffusionXLControlNetInpaintPipeline
-    assert engine.pipe.controlnet.config.conditioning_embedding_out_channels == [16, 32]
+    assert engine.pipe.controlnet.config.conditioning_embedding_out_channels == [8, 16, 16, 16]
 
 
 def test_missing_controlnet_names_controlnet_folder(tiny, tmp_path):

@@ -260,7 +260,7 @@ def build_tiny_controlnet(folder: Path, seed: int = 1) -> Path:
     torch.manual_seed(seed)
     # a ControlNet is the UNet's encoder half: same kwargs, no up blocks
     kwargs = {k: v for k, v in tiny_sdxl.UNET_KWARGS.items() if k != "up_block_types"}
-    controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(16, 32), **kwargs)
+    controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(8, 16, 16, 16), **kwargs)
     folder = Path(folder)
     controlnet.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -78,12 +78,15 @@ def build_components(in_channels: int = 9, seed: int = 0) -> dict:
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=32, in_channels=in_channels, out_channels=4, **UNET_KWARGS)
+    # Four blocks like SDXL's VAE, so latents are 1/8 of the image (a 2-block VAE would give
+    # 1/2 and make its mid-block attention quadratic in a megapixel image).
     vae = AutoencoderKL(
-        block_out_channels=[32, 64],
+        block_out_channels=[32, 32, 32, 32],
+        layers_per_block=1,
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
         latent_channels=4,
         sample_size=128,
     )

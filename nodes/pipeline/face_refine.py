@@ -17,6 +17,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -34,7 +35,7 @@ MODES = ("match_base", "match_reference")
 @dataclass
 class RefineSettings:
     strength: float = 0.45
-    steps: int = 20
+    steps: int = 12  # denoising steps actually run (the scheduler gets ceil(steps / strength))
     guidance_scale: float = 5.0
     margin: float = 0.6  # added on every side, as a fraction of the face box's larger side
     work_size: int = 1024  # SDXL's native working size; the crop is sampled at this size
@@ -47,6 +48,8 @@ class RefineSettings:
         if self.work_size % 8 or not 64 <= self.work_size <= 2048:
             raise InputValidationError(
                 f"face refine work_size {self.work_size} must be a multiple of 8 between 64 and 2048 (1024 for SDXL).")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 100:
+            raise InputValidationError(f"face refine steps {self.steps!r} must be an integer from 1 to 100.")
         if not 0.0 <= self.margin <= 3.0:
             raise InputValidationError(f"face refine margin {self.margin} must be in [0, 3].")
 
@@ -139,7 +142,7 @@ def refine_faces(
         start = _starting_crop(mode, gen_c, source[crop], face_c, region_c, ref_c, valid_c)
         refined_work = sampler.inpaint(
             engine, resize(start, (ws, ws)), mask_work, prompt=prompt, negative_prompt=negative_prompt,
-            seeds=[seed], steps=settings.steps, strength=settings.strength,
+            seeds=[seed], steps=math.ceil(settings.steps / settings.strength), strength=settings.strength,
             guidance_scale=settings.guidance_scale, identity=identity, on_step=on_step,
         )[0]
         refined = resize(refined_work, gen_c.shape[:2])

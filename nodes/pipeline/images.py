@@ -24,7 +24,12 @@ def _to_numpy(image) -> np.ndarray:
         raise ImageLoadError("No image was given: pass an RGB image as an (H, W, 3) array.")
     if hasattr(image, "detach"):  # torch tensor, without importing torch here
         image = image.detach().to("cpu").float().numpy() if image.dtype.is_floating_point else image.detach().cpu().numpy()
-    return np.asarray(image)
+    arr = np.asarray(image)
+    if arr.dtype.kind in "USOV":
+        raise ImageLoadError(
+            f"Expected an image array, got {type(image).__name__} (dtype {arr.dtype}); decode the file first "
+            "and pass its pixels as an (H, W, 3) array.")
+    return arr
 
 
 def as_rgb_uint8(image, what: str = "image") -> np.ndarray:

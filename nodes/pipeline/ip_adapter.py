@@ -686,3 +686,30 @@ def prepare_identity(engine, condition: IdentityCondition | None, num_images: in
 
     engine.pipe.set_ip_adapter_scale(scale)
     return {"ip_adapter_image_embeds": [embed.to(device=device, dtype=dtype)]}
+
+
+@dataclass(frozen=True)
+class FaceIDChoice:
+    """Which FaceID files a pipeline wants on its engine (paths as strings, or None)."""
+
+    adapter: str
+    lora: str | None = None
+    image_encoder: str | None = None
+
+
+def ensure_faceid(engine, choice: FaceIDChoice | None) -> None:
+    """Bring a (possibly shared, cached) engine to the FaceID state ``choice`` asks for.
+
+    Engines are cached and shared between pipelines; one pipeline may want FaceID
+    and its LoRA, another a plain SDXL. Each run calls this first, so a pipeline
+    always samples with exactly its own adapter state, and nothing is reloaded
+    when the engine already matches.
+    """
+    current = engine.extras.get("faceid_choice")
+    if choice == current and (choice is None) == (engine.ip_adapter is None):
+        return
+    if choice is None:
+        unload_faceid(engine)
+    else:
+        load_faceid(engine, choice.adapter, lora_path=choice.lora, image_encoder_path=choice.image_encoder)
+    engine.extras["faceid_choice"] = choice

@@ -116,10 +116,15 @@ class _Timer:
 class ModelSwapPipeline:
     """Loaded models and the stages that use them. Build once, call :meth:`run` many times."""
 
-    def __init__(self, engine, parser=None, analyzer=None):
+    KEEP_ADAPTER = "keep"
+
+    def __init__(self, engine, parser=None, analyzer=None, faceid=KEEP_ADAPTER):
         self.engine = engine
         self.parser = parser
         self.analyzer = analyzer
+        # ip_adapter.FaceIDChoice, or None for plain SDXL: the adapter state this pipeline samples with,
+        # re-applied before each run because cached engines are shared; KEEP_ADAPTER leaves the engine as is.
+        self.faceid = faceid
 
     # -- stages -----------------------------------------------------------------------------
     def garment_mask(self, image: np.ndarray, *, regenerate=masks_mod.DEFAULT_REGENERATE, grow: int = 4,
@@ -146,10 +151,12 @@ class ModelSwapPipeline:
     def run(self, image, options: SwapOptions | None = None, *, face_reference=None, external_mask=None,
             control_image=None, on_step: Callable[[int, int], None] | None = None) -> SwapResult:
         from .identity import encode_reference, main_face, warp_face_onto
-        from .ip_adapter import IdentityCondition
+        from .ip_adapter import IdentityCondition, ensure_faceid
 
         options = options or SwapOptions()
         validate_options(options)
+        if self.faceid != self.KEEP_ADAPTER:
+            ensure_faceid(self.engine, self.faceid)
         native = as_rgb_uint8(image, "model image")
         reference = None if face_reference is None else as_rgb_uint8(face_reference, "face reference")
         ext_native = None if external_mask is None else as_mask(external_mask, native.shape[:2], "external mask")

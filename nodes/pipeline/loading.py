@@ -1,0 +1,149 @@
+"""Assemble a ModelSwapPipeline from ComfyUI-style models folders, loading each model once.
+
+``load_pipeline`` finds every model under ``<models_dir>/<folder>/<name>`` (the
+layout in README's models table), loads it on one device, and caches the
+loaded objects per process, so a second call with the same choices costs nothing.
+``missing_models`` lists, without loading anything, what the user still has to
+download and where, which is what a headless run prints before it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import model_files
+from .errors import MissingModelError
+from .pipeline import ModelSwapPipeline
+
+_CACHE: dict[tuple, object] = {}
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which installed model to use for each role (file or folder names, as in the models table)."""
+
+    generator: str = model_files.MODELS["sdxl_inpaint"].name  # diffusers folder or checkpoint file name
+    controlnet: str | None = None
+    parser: str | None = model_files.MODELS["human_parser"].name
+    insightface: str | None = model_files.MODELS["antelopev2"].name
+    faceid: str | None = None  # e.g. "ip-adapter-faceid_sdxl.bin"; needed only for a face reference
+    faceid_lora: str | None = None
+    clip_vision: str | None = None  # FaceID PlusV2 only
+
+
+def _generator_key(name: str) -> str:
+    return "sdxl_checkpoint" if name.lower().endswith(CHECKPOINT_SUFFIXES) else "sdxl_inpaint"
+
+
+def _insightface_key(name: str) -> str:
+    return name if name in model_files.MODELS else "antelopev2"
+
+
+def _faceid_key(name: str) -> str:
+    return "faceid_plusv2" if "plus" in name.lower() else "faceid"
+
+
+def _requirements(choice: ModelChoice) -> list[tuple[str, str]]:
+    """(registry key, name) for every model ``choice`` needs."""
+    needs = [(_generator_key(choice.generator), choice.generator)]
+    if choice.controlnet:
+        needs.append(("controlnet", choice.controlnet))
+    if choice.parser:
+        needs.append(("human_parser", choice.parser))
+    if choice.insightface:
+        needs.append((_insightface_key(choice.insightface), choice.insightface))
+    if choice.faceid:
+        needs.append((_faceid_key(choice.faceid), choice.faceid))
+    if choice.faceid_lora:
+        needs.append(("faceid_plusv2_lora" if "plus" in choice.faceid_lora else "faceid_lora", choice.faceid_lora))
+    if choice.clip_vision:
+        needs.append(("clip_vision_h", choice.clip_vision))
+    return needs
+
+
+def _find(key: str, roots: Sequence[Path], name: str) -> Path:
+    spec = model_files.MODELS[key]
+    if key == "controlnet" and name.lower().endswith(CHECKPOINT_SUFFIXES):
+        for root in roots:  # a single-file ControlNet has no folder to check
+            path = root / spec.folder / name
+            if path.is_file():
+                return path
+    return model_files.locate(key, roots, name)
+
+
+def missing_models(models_dirs: Iterable[str | Path], choice: ModelChoice = ModelChoice()) -> list[str]:
+    """One line per model that ``choice`` needs and no models folder holds (empty when all are there)."""
+    roots = [Path(r) for r in models_dirs]
+    lines = []
+    for key, name in _requirements(choice):
+        try:
+            _find(key, roots, name)
+        except MissingModelError:
+            lines.append(model_files.describe(model_files.MODELS[key], name))
+    return lines
+
+
+def _cached(key: tuple, build):
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    from . import sdxl_loader
+
+    _CACHE.clear()
+    sdxl_loader.clear_cache()
+
+
+def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = ModelChoice(), *, device="auto",
+                  dtype=None, offload: str = "none", config_dir=None, tokenizer_dir=None,
+                  det_size: int = 640) -> ModelSwapPipeline:
+    """Load every model ``choice`` names from ``models_dirs`` (first folder that has it wins).
+
+    All missing models are reported together, so one run tells the user everything to download.
+    """
+    from . import ip_adapter, sdxl_loader
+    from .identity import FaceAnalyzer
+    from .parsing import HumanParser
+
+    roots = [Path(r) for r in models_dirs]
+    missing = missing_models(roots, choice)
+    if missing:
+        first_key, first_name = next(
+            (k, n) for k, n in _requirements(choice)
+            if model_files.describe(model_files.MODELS[k], n) == missing[0])
+        spec = model_files.MODELS[first_key]
+        raise MissingModelError(
+            "Models missing (searched " + ", ".join(str(r) for r in roots) + "):\n- " + "\n- ".join(missing),
+            folder=f"models/{spec.folder}", filename=first_name, source=spec.source)
+
+    dev = sdxl_loader.resolve_device(device)
+    paths = {key: _find(key, roots, name) for key, name in _requirements(choice)}
+    gen_key = _generator_key(choice.generator)
+    engine = sdxl_loader.load_engine(
+        paths[gen_key], controlnet_path=paths.get("controlnet"), device=dev, dtype=dtype, offload=offload,
+        config_dir=config_dir, tokenizer_dir=tokenizer_dir)
+    faceid = None
+    if choice.faceid:
+        fkey = _faceid_key(choice.faceid)
+        lora = paths.get("faceid_lora") or paths.get("faceid_plusv2_lora")
+        encoder = paths.get("clip_vision_h")
+        faceid = ip_adapter.FaceIDChoice(str(paths[fkey]), None if lora is None else str(lora),
+                                         None if encoder is None else str(encoder))
+    ip_adapter.ensure_faceid(engine, faceid)  # fail now, at load time, if the files are wrong
+
+    parser = None
+    if choice.parser:
+        p = paths["human_parser"]
+        parser = _cached(("parser", str(p.resolve()), str(dev)), lambda: HumanParser.load(p, device=dev))
+    analyzer = None
+    if choice.insightface:
+        root = paths[_insightface_key(choice.insightface)].parents[1]
+        analyzer = _cached(("insightface", str(root.resolve()), choice.insightface, str(dev), det_size),
+                           lambda: FaceAnalyzer.load(root, name=choice.insightface, device=str(dev),
+                                                     det_size=det_size))
+    return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer, faceid=faceid)
