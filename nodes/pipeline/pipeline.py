@@ -25,6 +25,8 @@ from .prompting import NEGATIVE_PROMPT, framing_of, prompts_for, skin_tone_of
 
 SEED_MAX = 2**32 - 1
 OUTPUT_SIZES = ("processing", "native")
+NEEDS_FACEID = ("A face reference needs IP-Adapter FaceID: load ip-adapter-faceid_sdxl.bin (models/ipadapter) "
+                "with the pipeline.")
 
 
 @dataclass
@@ -95,9 +97,33 @@ class SwapResult:
     face_masks: list[np.ndarray] = field(default_factory=list)
 
 
+@dataclass
+class SwapJob:
+    """One model image on its way through the stages; each stage fills its part."""
+
+    native: np.ndarray  # the input, full size
+    options: SwapOptions
+    image: np.ndarray | None = None  # at processing size
+    swap: masks_mod.SwapMask | None = None
+    base_face: object = None  # identity.FaceInfo of the model's main face, or None
+    reference: np.ndarray | None = None
+    ref_face: object = None
+    identity: object = None  # ip_adapter.IdentityCondition, or None
+    ref_tone: str | None = None
+    encoded: bool = False
+    prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    generated: list[np.ndarray] = field(default_factory=list)  # at processing size, not yet composited
+    refined: bool = False
+    face_crops: list[np.ndarray] = field(default_factory=list)
+    face_masks: list[np.ndarray] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 class _Timer:
-    def __init__(self, device):
-        self.timings: dict[str, float] = {}
+    def __init__(self, device, timings: dict[str, float]):
+        self.timings = timings
         self._cuda = getattr(device, "type", str(device)) == "cuda"
 
     @contextmanager
@@ -147,90 +173,137 @@ class ModelSwapPipeline:
             return []
         return self.analyzer.analyze(image)
 
-    # -- end to end -------------------------------------------------------------------------
-    def run(self, image, options: SwapOptions | None = None, *, face_reference=None, external_mask=None,
-            control_image=None, on_step: Callable[[int, int], None] | None = None) -> SwapResult:
-        from .identity import encode_reference, main_face, warp_face_onto
-        from .ip_adapter import IdentityCondition, ensure_faceid
-
+    # -- stage by stage (what the ComfyUI nodes call) -------------------------------------------
+    def prepare(self, image, options: SwapOptions | None = None, *, external_mask=None) -> SwapJob:
+        """Validate, scale to processing size and build the swap mask (GarmentMask)."""
         options = options or SwapOptions()
         validate_options(options)
-        if self.faceid != self.KEEP_ADAPTER:
-            ensure_faceid(self.engine, self.faceid)
         native = as_rgb_uint8(image, "model image")
-        reference = None if face_reference is None else as_rgb_uint8(face_reference, "face reference")
         ext_native = None if external_mask is None else as_mask(external_mask, native.shape[:2], "external mask")
-        control = None if control_image is None else as_rgb_uint8(control_image, "control image")
+        job = SwapJob(native=native, options=options)
+        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
+        size = processing_size(*native.shape[:2], max_pixels=options.max_pixels)
+        job.image = resize(native, size)
+        with timer.stage("garment_mask"):
+            ext = None if ext_native is None else np.clip(resize(ext_native, size), 0.0, 1.0)
+            job.swap = self.garment_mask(job.image, regenerate=options.regenerate, grow=options.grow,
+                                         feather=options.feather, external_mask=ext)
+        if not job.swap.band.any():
+            job.notes.append("The regenerate mask is empty (no person pixels found): the output equals the input.")
+        return job
+
+    def encode(self, job: SwapJob, face_reference=None) -> SwapJob:
+        """Find the model's face and, with a reference, the identity to give it (IdentityEncode)."""
+        from .identity import encode_reference, main_face
+        from .ip_adapter import IdentityCondition
+
+        reference = None if face_reference is None else as_rgb_uint8(face_reference, "face reference")
         if reference is not None and self.analyzer is None:
             raise InputValidationError(
                 "A face reference needs face analysis: load insightface (models/insightface/models/antelopev2).")
-        if reference is not None and getattr(self.engine, "ip_adapter", None) is None:
-            raise InputValidationError(
-                "A face reference needs IP-Adapter FaceID: load ip-adapter-faceid_sdxl.bin "
-                "(models/ipadapter) with the pipeline.")
+        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
+        with timer.stage("identity"):
+            job.base_face = main_face(self.identity_encode(job.image))
+            job.reference = reference
+            job.ref_face = None if reference is None else encode_reference(self.analyzer, reference)
+        job.encoded = True
+        if job.base_face is None:
+            job.notes.append("No face found in the model image: hair and skin were regenerated, face stages skipped.")
+        if job.ref_face is not None:
+            job.identity = IdentityCondition(embedding=job.ref_face.embedding, face_crop=job.ref_face.aligned,
+                                             scale=float(job.options.identity_scale))
+            job.ref_tone = skin_tone_of(reference, job.ref_face.kps)
+        return job
+
+    def generate(self, job: SwapJob, *, control_image=None,
+                 on_step: Callable[[int, int], None] | None = None) -> SwapJob:
+        """Regenerate the masked region for every seed in one batch (ModelSwapSampler)."""
+        from .ip_adapter import ensure_faceid
+
+        options = job.options
+        validate_options(options)
+        if self.faceid != self.KEEP_ADAPTER:
+            ensure_faceid(self.engine, self.faceid)
+        control = None if control_image is None else as_rgb_uint8(control_image, "control image")
+        if job.identity is not None and getattr(self.engine, "ip_adapter", None) is None:
+            raise InputValidationError(NEEDS_FACEID)
         if bool(getattr(self.engine, "has_controlnet", False)) != (control is not None):
             raise InputValidationError(
                 "A ControlNet and a control image go together: give both (pose/hand control) or neither.")
-
-        timer = _Timer(getattr(self.engine, "device", "cpu"))
-        seeds = options.seeds()
-        notes: list[str] = []
-        size = processing_size(*native.shape[:2], max_pixels=options.max_pixels)
-        proc = resize(native, size)
-
-        with timer.stage("garment_mask"):
-            ext = None if ext_native is None else np.clip(resize(ext_native, size), 0.0, 1.0)
-            swap = self.garment_mask(proc, regenerate=options.regenerate, grow=options.grow,
-                                     feather=options.feather, external_mask=ext)
-        if not swap.band.any():
-            notes.append("The regenerate mask is empty (no person pixels found): the output equals the input.")
-
-        with timer.stage("identity"):
-            base_face = main_face(self.identity_encode(proc))
-            ref_face = None if reference is None else encode_reference(self.analyzer, reference)
-        if base_face is None:
-            notes.append("No face found in the model image: hair and skin were regenerated, face stages skipped.")
-
-        identity = None
-        ref_tone = None
-        if ref_face is not None:
-            identity = IdentityCondition(embedding=ref_face.embedding, face_crop=ref_face.aligned,
-                                         scale=float(options.identity_scale))
-            ref_tone = skin_tone_of(reference, ref_face.kps)
-        prompts, _ = prompts_for(
-            seeds, user_prompt=options.prompt, framing=framing_of(swap.labels),
-            sex=None if base_face is None else base_face.sex,
-            age=None if base_face is None else base_face.age, reference_skin_tone=ref_tone)
-
+        job.seeds = options.seeds()
+        face = job.base_face
+        job.prompts, _ = prompts_for(
+            job.seeds, user_prompt=options.prompt, framing=framing_of(job.swap.labels),
+            sex=None if face is None else face.sex, age=None if face is None else face.age,
+            reference_skin_tone=job.ref_tone)
+        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
         with timer.stage("generate"):
-            padded, (h, w) = pad_to_multiple(proc)
-            band = pad_to_multiple(swap.band.astype(np.float32))[0]
-            ctrl = None if control is None else pad_to_multiple(resize(control, size))[0]
+            padded, (h, w) = pad_to_multiple(job.image)
+            band = pad_to_multiple(job.swap.band.astype(np.float32))[0]
+            ctrl = None if control is None else pad_to_multiple(resize(control, job.image.shape[:2]))[0]
             generated = sampler.inpaint(
-                self.engine, padded, band, prompt=prompts, negative_prompt=options.negative_prompt, seeds=seeds,
-                steps=options.steps, strength=options.strength, guidance_scale=options.guidance_scale,
-                identity=identity, control_image=ctrl, controlnet_scale=options.controlnet_scale, on_step=on_step)
-            generated = [g[:h, :w] for g in generated]
+                self.engine, padded, band, prompt=job.prompts, negative_prompt=options.negative_prompt,
+                seeds=job.seeds, steps=options.steps, strength=options.strength,
+                guidance_scale=options.guidance_scale, identity=job.identity, control_image=ctrl,
+                controlnet_scale=options.controlnet_scale, on_step=on_step)
+        job.generated = [g[:h, :w] for g in generated]
+        return job
 
-        crops, crop_masks = [], []
-        if options.refine_faces and base_face is not None:
-            with timer.stage("face_refine"):
-                generated, crops, crop_masks = self._refine(
-                    proc, generated, swap, base_face, ref_face, reference, identity, prompts, seeds, options,
-                    warp_face_onto, on_step)
+    def refine(self, job: SwapJob, on_step: Callable[[int, int], None] | None = None) -> SwapJob:
+        """Re-inpaint each output's face with the identity (FaceRefine); a no-op without a face."""
+        from .identity import warp_face_onto
+        from .ip_adapter import ensure_faceid
 
+        if not job.generated:
+            raise InputValidationError("FaceRefine needs sampled images: connect it after ModelSwapSampler.")
+        if job.base_face is None or job.refined:
+            return job
+        if self.faceid != self.KEEP_ADAPTER:
+            ensure_faceid(self.engine, self.faceid)
+        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
+        with timer.stage("face_refine"):
+            job.generated, job.face_crops, job.face_masks = self._refine(
+                job.image, job.generated, job.swap, job.base_face, job.ref_face, job.reference, job.identity,
+                job.prompts, job.seeds, job.options, warp_face_onto, on_step)
+        job.refined = True
+        return job
+
+    def finish(self, job: SwapJob) -> SwapResult:
+        """Composite every output onto the input: exact outside the feathered band."""
+        if not job.generated:
+            raise InputValidationError("Nothing was sampled yet: run ModelSwapSampler before finishing.")
+        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
+        swap, native, size = job.swap, job.native, job.image.shape[:2]
         with timer.stage("composite"):
-            outputs = [composite(proc, g, swap.alpha) for g in generated]
+            outputs = [composite(job.image, g, swap.alpha) for g in job.generated]
             out_mask = swap
-            if options.output_size == "native" and native.shape[:2] != size:
-                natives = [to_native(native, g, swap.alpha) for g in generated]
+            if job.options.output_size == "native" and native.shape[:2] != size:
+                natives = [to_native(native, g, swap.alpha) for g in job.generated]
                 outputs = [img for img, _ in natives]
-                alpha = natives[0][1] if natives else swap.alpha
+                alpha = natives[0][1]
                 out_mask = masks_mod.SwapMask(labels=None, hard=alpha >= 1.0, alpha=alpha)
-        return SwapResult(images=outputs, swap_mask=out_mask, prompts=prompts,
-                          negative_prompt=options.negative_prompt, seeds=seeds, processing_size=size,
-                          face_found=base_face is not None, notes=notes, timings=timer.timings,
-                          face_crops=crops, face_masks=crop_masks)
+        return SwapResult(images=outputs, swap_mask=out_mask, prompts=list(job.prompts),
+                          negative_prompt=job.options.negative_prompt, seeds=list(job.seeds),
+                          processing_size=tuple(size), face_found=job.base_face is not None,
+                          notes=list(job.notes), timings=dict(job.timings), face_crops=list(job.face_crops),
+                          face_masks=list(job.face_masks))
+
+    # -- end to end -------------------------------------------------------------------------
+    def run(self, image, options: SwapOptions | None = None, *, face_reference=None, external_mask=None,
+            control_image=None, on_step: Callable[[int, int], None] | None = None) -> SwapResult:
+        """The whole swap, as FASHN's Model Swap does it: every stage in order."""
+        options = options or SwapOptions()
+        validate_options(options)
+        plain = self.faceid is None or (self.faceid == self.KEEP_ADAPTER
+                                        and getattr(self.engine, "ip_adapter", None) is None)
+        if face_reference is not None and plain:  # fail before any work
+            raise InputValidationError(NEEDS_FACEID)
+        job = self.prepare(image, options, external_mask=external_mask)
+        self.encode(job, face_reference)
+        self.generate(job, control_image=control_image, on_step=on_step)
+        if options.refine_faces:
+            self.refine(job, on_step=on_step)
+        return self.finish(job)
 
     def _refine(self, proc, generated, swap, base_face, ref_face, reference, identity, prompts: Sequence[str],
                 seeds, options: SwapOptions, warp_face_onto, on_step):
