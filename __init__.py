@@ -1,8 +1,15 @@
 """ComfyUI Model Swap: change the person in a fashion photo, keep the garments pixel-identical.
 
 Importing this package is cheap: torch, diffusers and insightface are imported
-only by the functions that need them, so ComfyUI starts fast and the pack still
-loads when an optional dependency is missing.
+only by the node that needs them, so ComfyUI starts fast and the pack still
+loads (and says which node needs what) when an optional dependency is missing.
 """
 
 __version__ = "0.1.0"
+
+
+async def comfy_entrypoint():
+    """ComfyUI's V3 entry point: returns the extension listing this pack's nodes."""
+    from .nodes.extension import ModelSwapExtension
+
+    return ModelSwapExtension()

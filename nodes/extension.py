@@ -1,0 +1,18 @@
+"""The ComfyExtension that lists the pack's nodes (V3 node API)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension
+
+from . import comfy_glue
+from .loader_nodes import LOADERS
+from .swap_nodes import SWAP_NODES
+
+
+class ModelSwapExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        comfy_glue.register_model_folders()
+
+    async def get_node_list(self):
+        comfy_glue.register_model_folders()  # before schemas list the installed models
+        return [*LOADERS, *SWAP_NODES]

@@ -1,0 +1,165 @@
+"""Loader nodes: the generation pipeline, the human parser and insightface, each loaded once.
+
+Their outputs are small handles that ComfyUI's output cache keeps alive between
+runs; the comfy-free loaders cache the heavy objects too, so a re-queued graph
+never reloads weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from comfy_api.latest import io
+
+from . import comfy_glue as glue
+from .pipeline.model_files import MODELS
+
+GeneratorType = io.Custom("MODELSWAP_GENERATOR")
+ParserType = io.Custom("MODELSWAP_PARSER")
+FaceAnalyzerType = io.Custom("MODELSWAP_FACE_ANALYZER")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
+NONE = "none"
+DEVICES = ["auto", "cuda", "cpu"]
+
+
+@dataclass
+class Generator:
+    """What ModelSwapSampler and FaceRefine sample with: the engine and its FaceID state."""
+
+    engine: object
+    faceid: object  # ip_adapter.FaceIDChoice or None
+
+
+class PipelineLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        default = MODELS["sdxl_inpaint"].name
+        models = glue.list_subfolders("diffusers", "model_index.json") + glue.list_files("checkpoints")
+        return io.Schema(
+            node_id=f"{glue.PACK}_PipelineLoader",
+            display_name="Model Swap Pipeline Loader",
+            category=glue.CATEGORY,
+            description="Loads the SDXL inpainting pipeline (diffusers folder or single-file SDXL checkpoint), "
+                        "an optional ControlNet and the optional IP-Adapter FaceID for face references.",
+            inputs=[
+                io.Combo.Input("model", options=glue.with_default(models, default), default=default,
+                               tooltip="SDXL inpainting model: a folder in models/diffusers or an SDXL checkpoint "
+                                       "in models/checkpoints (base or inpainting)."),
+                io.Combo.Input("controlnet", options=[NONE] + glue.list_subfolders("controlnet", "config.json")
+                               + glue.list_files("controlnet"), default=NONE,
+                               tooltip="Optional SDXL ControlNet (e.g. OpenPose) to hold pose and hands; needs a "
+                                       "control image on ModelSwapSampler."),
+                io.Combo.Input("faceid", options=[NONE] + glue.with_default(glue.list_files("ipadapter"),
+                                                                             MODELS["faceid"].name),
+                               default=NONE,
+                               tooltip="IP-Adapter FaceID (plain or PlusV2) from models/ipadapter; needed for a "
+                                       "face reference."),
+                io.Combo.Input("faceid_lora", options=["auto", NONE] + glue.list_files("loras"), default="auto",
+                               tooltip="FaceID LoRA from models/loras; 'auto' uses the LoRA inside the FaceID file."),
+                io.Combo.Input("clip_vision", options=[NONE] + glue.list_files("clip_vision"), default=NONE,
+                               tooltip="CLIP ViT-H/14 image encoder from models/clip_vision; FaceID PlusV2 only."),
+                io.Combo.Input("device", options=DEVICES, default="auto",
+                               tooltip="Where to sample: 'auto' follows ComfyUI's device choice."),
+                io.Combo.Input("dtype", options=["auto", "fp16", "bf16", "fp32"], default="auto",
+                               tooltip="Weights precision: auto = fp16 on CUDA, fp32 on CPU."),
+                io.Combo.Input("offload", options=["none", "model"], default="none",
+                               tooltip="'model' keeps only the running component on the GPU (low-VRAM cards; "
+                                       "slower)."),
+            ],
+            outputs=[GeneratorType.Output("generator", tooltip="The loaded generation pipeline.")],
+        )
+
+    @classmethod
+    def execute(cls, model, controlnet, faceid, faceid_lora, clip_vision, device, dtype, offload):
+        glue.require_module("diffusers", "Model Swap Pipeline Loader", "diffusers>=0.32")
+        from .pipeline import ip_adapter, sdxl_loader
+
+        kind = "checkpoints" if model.lower().endswith(CHECKPOINT_SUFFIXES) else "diffusers"
+        control = None if controlnet == NONE else glue.model_path("controlnet", controlnet)
+        engine = sdxl_loader.load_engine(glue.model_path(kind, model), controlnet_path=control,
+                                         device=glue.torch_device(device), dtype=None if dtype == "auto" else dtype,
+                                         offload=offload)
+        choice = None
+        if faceid != NONE:
+            lora = None if faceid_lora in ("auto", NONE) else glue.model_path("loras", faceid_lora)
+            encoder = None if clip_vision == NONE else glue.model_path("clip_vision", clip_vision)
+            choice = ip_adapter.FaceIDChoice(glue.model_path("ipadapter", faceid), lora, encoder)
+        ip_adapter.ensure_faceid(engine, choice)
+        return io.NodeOutput(Generator(engine=engine, faceid=choice))
+
+
+class HumanParserLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        default = MODELS["human_parser"].name
+        return io.Schema(
+            node_id=f"{glue.PACK}_HumanParserLoader",
+            display_name="Model Swap Human Parser Loader",
+            category=glue.CATEGORY,
+            description="Loads FASHN's SegFormer-B4 human parser (18 classes) from models/human_parsing.",
+            inputs=[
+                io.Combo.Input("parser", options=glue.with_default(
+                    glue.list_subfolders("human_parsing", "config.json"), default), default=default,
+                    tooltip="Folder in models/human_parsing holding config.json and model.safetensors."),
+                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="Where the parser runs."),
+            ],
+            outputs=[ParserType.Output("human_parser", display_name="parser", tooltip="The loaded human parser.")],
+        )
+
+    @classmethod
+    def execute(cls, parser, device):
+        glue.require_module("transformers", "Model Swap Human Parser Loader", "transformers>=4.46")
+        from .pipeline.parsing import HumanParser
+
+        return io.NodeOutput(_cached(("parser", parser, device), lambda: HumanParser.load(
+            glue.model_path("human_parsing", parser), device=glue.torch_device(device))))
+
+
+class InsightFaceLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        default = MODELS["antelopev2"].name
+        return io.Schema(
+            node_id=f"{glue.PACK}_InsightFaceLoader",
+            display_name="Model Swap InsightFace Loader",
+            category=glue.CATEGORY,
+            description="Loads an insightface model pack (antelopev2 or buffalo_l) from models/insightface/models.",
+            inputs=[
+                io.Combo.Input("pack", options=glue.with_default(
+                    glue.list_subfolders("insightface", "*.onnx", sub="models"), default), default=default,
+                    tooltip="Folder in models/insightface/models holding the pack's .onnx files."),
+                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="Where face analysis runs."),
+                io.Int.Input("det_size", default=640, min=128, max=2048, step=32,
+                             tooltip="Detector input size; 640 is what the packs were trained for."),
+            ],
+            outputs=[FaceAnalyzerType.Output("face_analyzer", tooltip="The loaded face analyzer.")],
+        )
+
+    @classmethod
+    def execute(cls, pack, device, det_size):
+        glue.require_module("insightface", "Model Swap InsightFace Loader", "insightface>=0.7.3")
+        glue.require_module("onnxruntime", "Model Swap InsightFace Loader", "onnxruntime")
+        from .pipeline.identity import FaceAnalyzer
+
+        dev = str(glue.torch_device(device))
+        root = glue.model_path("insightface", "")
+        for candidate in glue.folder_roots("insightface"):
+            if os.path.isdir(os.path.join(candidate, "models", pack)):
+                root = candidate
+                break
+        return io.NodeOutput(_cached(("insightface", root, pack, dev, det_size),
+                                     lambda: FaceAnalyzer.load(root, name=pack, device=dev, det_size=det_size)))
+
+
+_CACHE: dict = {}
+
+
+def _cached(key, build):
+    """One loaded parser / analyzer per choice for the whole ComfyUI session."""
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+LOADERS = [PipelineLoader, HumanParserLoader, InsightFaceLoader]

@@ -1,0 +1,263 @@
+"""The four model-swap nodes: GarmentMask -> IdentityEncode -> ModelSwapSampler -> FaceRefine.
+
+A MODELSWAP_JOB (one per image of the input batch) travels along the chain;
+each node copies the jobs it receives and runs one pipeline stage on the copy,
+so ComfyUI's cache can re-run any later node without seeing another's changes.
+Widget defaults are FASHN Model Swap's (seed 42, one image, match_reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from comfy_api.latest import io
+
+from . import comfy_glue as glue
+from .loader_nodes import FaceAnalyzerType, GeneratorType, ParserType
+
+JobType = io.Custom("MODELSWAP_JOB")
+SEED_MAX = 2**32 - 1
+DEFAULT_CLASSES = "face, hair, torso, arms, hands, legs, feet"
+OUTPUT_SIZES = {"1k": "processing", "native": "native"}
+
+
+def _fork(job):
+    """A copy a node may change without touching the cached output it came from."""
+    return dataclasses.replace(job, notes=list(job.notes), timings=dict(job.timings), generated=list(job.generated),
+                               face_crops=list(job.face_crops), face_masks=list(job.face_masks))
+
+
+def _pipeline(generator=None, parser=None, analyzer=None):
+    from .pipeline.pipeline import ModelSwapPipeline
+
+    engine = None if generator is None else generator.engine
+    faceid = ModelSwapPipeline.KEEP_ADAPTER if generator is None else generator.faceid
+    return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer, faceid=faceid)
+
+
+class GarmentMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{glue.PACK}_GarmentMask",
+            display_name="GarmentMask",
+            category=glue.CATEGORY,
+            description="Parses the model photo into FASHN's 18 classes and builds the regenerate mask (skin and "
+                        "hair by default). Garments, accessories and background are preserved pixel for pixel.",
+            inputs=[
+                io.Image.Input("image", tooltip="The fashion model photo (a batch is processed image by image)."),
+                ParserType.Input("parser", optional=True,
+                                 tooltip="Human parser from the Human Parser Loader; optional when a mask is given."),
+                io.String.Input("regenerate", default=DEFAULT_CLASSES,
+                                tooltip="Classes to regenerate, comma separated, from: face, hair, top, dress, skirt, "
+                                        "pants, belt, bag, hat, scarf, glasses, arms, hands, legs, feet, torso, "
+                                        "jewelry. Remove 'hair' to keep the hair."),
+                io.Int.Input("grow", default=4, min=-64, max=64,
+                             tooltip="Grow (positive) or shrink (negative) the regenerate mask, in pixels at "
+                                     "processing size."),
+                io.Int.Input("feather", default=8, min=0, max=64,
+                             tooltip="Width in pixels of the blend band outside the mask; beyond it every pixel "
+                                     "equals the input exactly."),
+                io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="1k",
+                               tooltip="1k: process and return at most 1.05 MP like FASHN's API. native: return at "
+                                       "the input's size with the original full-resolution pixels kept."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional regenerate mask (1 = regenerate) replacing the parser's; same size "
+                                      "as the image."),
+            ],
+            outputs=[
+                JobType.Output("job", tooltip="The swap job, for IdentityEncode."),
+                io.Mask.Output("regenerate_mask", tooltip="Feathered regenerate mask at the output size."),
+                io.Image.Output("parse_preview", tooltip="The parse in FASHN's class colours, for checking."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None):
+        from .pipeline import masks
+        from .pipeline.compositing import upscale_alpha
+        from .pipeline.pipeline import SwapOptions
+
+        images = glue.images_from_tensor(image)
+        ext = [None] * len(images) if mask is None else glue.masks_from_tensor(mask, len(images))
+        options = SwapOptions(regenerate=masks.class_names(regenerate), grow=grow, feather=feather,
+                              output_size=OUTPUT_SIZES[output_size])
+        pipe = _pipeline(parser=parser)
+        jobs = [pipe.prepare(img, options, external_mask=m) for img, m in zip(images, ext)]
+        out_masks, previews = [], []
+        for job in jobs:
+            size = job.native.shape[:2] if options.output_size == "native" else job.image.shape[:2]
+            out_masks.append(upscale_alpha(job.swap.alpha, size))
+            shown = masks.preview(job.swap.labels) if job.swap.labels is not None else masks.overlay(job.image, job.swap)
+            previews.append(shown)
+        return io.NodeOutput(jobs, glue.tensor_from_masks(_same_size(out_masks)),
+                             glue.tensor_from_images(_same_size(previews)))
+
+
+class IdentityEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{glue.PACK}_IdentityEncode",
+            display_name="IdentityEncode",
+            category=glue.CATEGORY,
+            description="Finds the model's face (box, keypoints, apparent age and sex) and, with a face reference, "
+                        "the identity embedding the new person will have.",
+            inputs=[
+                JobType.Input("job", tooltip="From GarmentMask."),
+                FaceAnalyzerType.Input("face_analyzer", tooltip="From the InsightFace Loader."),
+                io.Image.Input("face_reference", optional=True,
+                               tooltip="Optional photo of the face the new person should have (one clear face)."),
+                io.Float.Input("identity_scale", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="How strongly the reference identity steers generation (IP-Adapter scale)."),
+            ],
+            outputs=[
+                JobType.Output("encoded_job", display_name="job", tooltip="The swap job, for ModelSwapSampler."),
+                io.Image.Output("faces", tooltip="Aligned 112x112 crops: the model's face, then the reference's."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, job, face_analyzer, identity_scale, face_reference=None):
+        refs = [None] if face_reference is None else glue.images_from_tensor(face_reference)
+        pipe = _pipeline(analyzer=face_analyzer)
+        out, crops = [], []
+        for i, j in enumerate(job):
+            j = _fork(j)
+            j.options = dataclasses.replace(j.options, identity_scale=identity_scale)
+            pipe.encode(j, refs[min(i, len(refs) - 1)])
+            crops += [f.aligned for f in (j.base_face, j.ref_face) if f is not None]
+            out.append(j)
+        if not crops:
+            crops = [np.zeros((112, 112, 3), np.uint8)]
+        return io.NodeOutput(out, glue.tensor_from_images(crops))
+
+
+class ModelSwapSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from .pipeline.prompting import NEGATIVE_PROMPT
+
+        return io.Schema(
+            node_id=f"{glue.PACK}_Sampler",
+            display_name="ModelSwapSampler",
+            category=glue.CATEGORY,
+            description="Regenerates the person (skin, hair, face) with SDXL inpainting, all images in one batch. "
+                        "Image i uses seed + i. An empty prompt draws a new identity from the seed.",
+            inputs=[
+                GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
+                JobType.Input("job", tooltip="From IdentityEncode."),
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip="Who the new person is. Empty: automatic (apparent sex and age kept, skin "
+                                        "tone, ethnicity, hair and age band drawn from the seed)."),
+                io.Int.Input("seed", default=42, min=0, max=SEED_MAX,
+                             tooltip="Same seed, same person; image i uses seed + i."),
+                io.Int.Input("num_images", default=1, min=1, max=4, tooltip="How many different people, 1 to 4."),
+                io.Int.Input("steps", default=30, min=1, max=150, tooltip="Sampling steps."),
+                io.Float.Input("guidance_scale", default=5.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance: how closely to follow the prompt."),
+                io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="How much of the masked region is re-drawn (1 = fully)."),
+                io.String.Input("negative_prompt", default=NEGATIVE_PROMPT, multiline=True,
+                                tooltip="What to avoid."),
+                io.Image.Input("control_image", optional=True,
+                               tooltip="Pose/hand control image; required when the pipeline has a ControlNet."),
+                io.Float.Input("controlnet_scale", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="ControlNet strength (used only with a ControlNet)."),
+            ],
+            outputs=[
+                JobType.Output("sampled_job", display_name="job", tooltip="The swap job, for FaceRefine."),
+                io.Image.Output("images", tooltip="The swapped images before face refinement, composited exactly."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, generator, job, prompt, seed, num_images, steps, guidance_scale, strength, negative_prompt,
+                controlnet_scale, control_image=None):
+        controls = [None] if control_image is None else glue.images_from_tensor(control_image)
+        pipe = _pipeline(generator=generator)
+        glue.free_comfy_memory()
+        out, images = [], []
+        for i, j in enumerate(job):
+            j = _fork(j)
+            j.options = dataclasses.replace(
+                j.options, prompt=prompt, seed=seed, num_images=num_images, steps=steps,
+                guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
+                controlnet_scale=controlnet_scale)
+            j.refined = False
+            pipe.generate(j, control_image=controls[min(i, len(controls) - 1)],
+                          on_step=glue.step_callback(steps))
+            images += pipe.finish(j).images
+            out.append(j)
+        return io.NodeOutput(out, glue.tensor_from_images(images))
+
+
+class FaceRefine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{glue.PACK}_FaceRefine",
+            display_name="FaceRefine",
+            category=glue.CATEGORY,
+            description="Re-inpaints each output's face at SDXL's working size with the identity, colour-matched to "
+                        "the neck and pasted without seams; then composites exactly onto the input.",
+            inputs=[
+                GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
+                JobType.Input("job", tooltip="From ModelSwapSampler."),
+                io.Combo.Input("face_reference_mode", options=["match_reference", "match_base"],
+                               default="match_reference",
+                               tooltip="match_reference: the reference face's features and expression dominate. "
+                                       "match_base: keep the source's head angle, gaze and expression."),
+                io.Boolean.Input("enabled", default=True, tooltip="Off: pass the sampler's images through."),
+                io.Float.Input("strength", default=0.45, min=0.05, max=1.0, step=0.05,
+                               tooltip="How much of the face is re-drawn; 0.3-0.6 keeps the structure."),
+                io.Int.Input("steps", default=12, min=1, max=100, tooltip="Denoising steps actually run."),
+                io.Int.Input("work_size", default=1024, min=64, max=2048, step=8,
+                             tooltip="Side of the square the face crop is sampled at (SDXL: 1024)."),
+                io.Float.Input("margin", default=0.6, min=0.0, max=3.0, step=0.05,
+                               tooltip="Context around the face box, as a fraction of its size on every side."),
+            ],
+            outputs=[
+                io.Image.Output("images", tooltip="The final images: garments and background identical to the input."),
+                io.Image.Output("face_crops", tooltip="The refined face crops at working size."),
+                io.Mask.Output("face_masks", tooltip="The paste masks of the face crops."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, generator, job, face_reference_mode, enabled, strength, steps, work_size, margin):
+        from .pipeline.face_refine import RefineSettings
+
+        pipe = _pipeline(generator=generator)
+        glue.free_comfy_memory()
+        images, crops, crop_masks = [], [], []
+        for j in job:
+            j = _fork(j)
+            j.options = dataclasses.replace(
+                j.options, face_reference_mode=face_reference_mode, refine_faces=enabled,
+                refine=RefineSettings(strength=strength, steps=steps, work_size=work_size, margin=margin))
+            if enabled:
+                pipe.refine(j, on_step=glue.step_callback(steps * len(j.generated)))
+            result = pipe.finish(j)
+            images += result.images
+            crops += result.face_crops
+            crop_masks += result.face_masks
+        if not crops:  # no face anywhere: ComfyUI outputs cannot be empty
+            crops, crop_masks = [np.zeros((64, 64, 3), np.uint8)], [np.zeros((64, 64), np.float32)]
+        return io.NodeOutput(glue.tensor_from_images(images), glue.tensor_from_images(_same_size(crops)),
+                             glue.tensor_from_masks(_same_size(crop_masks)))
+
+
+def _same_size(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """ComfyUI batches share one size: pad smaller items (bottom/right, zeros) to the largest."""
+    h = max(a.shape[0] for a in arrays)
+    w = max(a.shape[1] for a in arrays)
+    out = []
+    for a in arrays:
+        pad = ((0, h - a.shape[0]), (0, w - a.shape[1])) + ((0, 0),) * (a.ndim - 2)
+        out.append(np.pad(a, pad) if pad[0][1] or pad[1][1] else a)
+    return out
+
+
+SWAP_NODES = [GarmentMask, IdentityEncode, ModelSwapSampler, FaceRefine]
