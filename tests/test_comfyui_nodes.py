@@ -1,0 +1,203 @@
+"""The pack inside a real ComfyUI (started by the tests) running the shipped workflows.
+
+ComfyUI 0.3.75 comes from COMFYUI_PATH or the PyPI wheel (.ci/install_comfyui.sh);
+its models folder holds the tiny random-weight models under the default names,
+so the API-format workflows in workflows/ run unchanged: only their inputs
+(image files, seed, num_images) are swapped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_harness
+import tiny_models
+from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline
+from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+NODE_IDS = ("ModelSwap_PipelineLoader", "ModelSwap_HumanParserLoader", "ModelSwap_InsightFaceLoader",
+            "ModelSwap_GarmentMask", "ModelSwap_IdentityEncode", "ModelSwap_Sampler", "ModelSwap_FaceRefine")
+API_WORKFLOWS = sorted(WORKFLOWS.glob("*_api.json"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_models_dir):
+    """A private copy: one test hides a model to see the loader's error."""
+    dest = tmp_path_factory.mktemp("comfy-models") / "models"
+    shutil.copytree(tiny_models_dir, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models):
+    with comfy_harness.ComfyServer(tmp_path_factory.mktemp("comfy"), models_dir=models) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def inputs(server, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    photo = tiny_models.fashion_photo(128)
+    Image.fromarray(photo).save(folder / "swap_model.png")
+    Image.fromarray(tiny_models.astronaut(128)).save(folder / "swap_reference.png")
+    return {"model": server.upload_image(folder / "swap_model.png"),
+            "reference": server.upload_image(folder / "swap_reference.png"), "photo": photo}
+
+
+def load_api(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def node_of(graph: dict, class_type: str) -> dict:
+    (node,) = [n for n in graph.values() if n["class_type"] == class_type]
+    return node
+
+
+def with_inputs(graph: dict, inputs: dict, *, seed=None, num_images=None, prefix="t") -> dict:
+    """Swap only the workflow's inputs: image files, seed, num_images, output prefix."""
+    for node in graph.values():
+        if node["class_type"] == "LoadImage":
+            ref = "reference" in node.get("_meta", {}).get("title", "").lower()
+            node["inputs"]["image"] = inputs["reference" if ref else "model"]
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"{prefix}_{time.monotonic_ns()}"
+    sampler = node_of(graph, "ModelSwap_Sampler")
+    if seed is not None:
+        sampler["inputs"]["seed"] = seed
+    if num_images is not None:
+        sampler["inputs"]["num_images"] = num_images
+    return graph
+
+
+def preserved_region(models: Path, photo: np.ndarray, graph: dict) -> np.ndarray:
+    """Where the output must equal the input, computed by the comfy-free pipeline with the
+    workflow's own GarmentMask settings."""
+    gm = node_of(graph, "ModelSwap_GarmentMask")["inputs"]
+    from comfyui_model_swap.nodes.pipeline import masks
+
+    pipe = load_pipeline([models], ModelChoice(insightface=None), device="cpu")
+    opts = SwapOptions(regenerate=masks.class_names(gm["regenerate"]), grow=gm["grow"], feather=gm["feather"])
+    return pipe.prepare(photo, opts).swap.preserve
+
+
+# ------------------------------------------------------------------------------- loading
+
+def test_pack_imports_without_failure(server):
+    assert server.import_failed() == [], server.log_tail()
+
+
+def test_every_node_is_listed_with_category_description_and_a_tooltip_on_every_input(server):
+    info = server.object_info()
+    for node_id in NODE_IDS:
+        assert node_id in info, f"{node_id} missing from /object_info"
+        node = info[node_id]
+        assert node["category"] == "Model Swap" and node["description"]
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    names = {info[n]["display_name"] for n in NODE_IDS}
+    assert {"GarmentMask", "IdentityEncode", "ModelSwapSampler", "FaceRefine"} <= names
+
+
+def test_widget_defaults_are_the_apis_defaults(server):
+    info = server.object_info()
+    sampler = info["ModelSwap_Sampler"]["input"]["required"]
+    assert sampler["seed"][1]["default"] == 42 and sampler["seed"][1]["max"] == 2**32 - 1
+    assert sampler["num_images"][1]["default"] == 1 and sampler["num_images"][1]["max"] == 4
+    assert sampler["prompt"][1]["default"] == ""
+    refine = info["ModelSwap_FaceRefine"]["input"]["required"]
+    assert refine["face_reference_mode"][1]["default"] == "match_reference"
+
+
+def test_dropdowns_list_the_installed_models(server):
+    info = server.object_info()
+    assert "stable-diffusion-xl-1.0-inpainting-0.1" in info["ModelSwap_PipelineLoader"]["input"]["required"]["model"][1]["options"]
+    assert "ip-adapter-faceid_sdxl.bin" in info["ModelSwap_PipelineLoader"]["input"]["required"]["faceid"][1]["options"]
+    assert "antelopev2" in info["ModelSwap_InsightFaceLoader"]["input"]["required"]["pack"][1]["options"]
+
+
+# ------------------------------------------------------------------------------- running the workflows
+
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_runs_unchanged_keeps_garments_exact_and_reports_every_step(server, inputs, models,
+                                                                                      workflow):
+    graph = with_inputs(load_api(workflow), inputs)
+    steps = node_of(graph, "ModelSwap_Sampler")["inputs"]["steps"]
+    sampler_id = next(k for k, n in graph.items() if n["class_type"] == "ModelSwap_Sampler")
+    with server.watch() as ws:
+        prompt_id = server.queue_prompt(graph, ws.client_id)
+        entry = server.wait(prompt_id, timeout=600)
+        ws.wait_done(prompt_id, timeout=60)
+        bar = [v for v, _, node in ws.progress(prompt_id) if node == sampler_id]
+    assert bar == list(range(1, steps + 1))  # the UI's bar moves once per sampling step
+    files = server.output_images(entry)
+    assert len(files) == 1
+    out = np.array(Image.open(files[0]).convert("RGB"))
+    photo = inputs["photo"]
+    keep = preserved_region(models, photo, graph)
+    assert out.shape == photo.shape and keep.mean() > 0.2
+    assert np.abs(out.astype(int) - photo.astype(int)).max(axis=-1)[keep].max() == 0
+    assert (out[~keep] != photo[~keep]).any()
+
+
+def test_four_images_come_back_from_one_run(server, inputs, models):
+    graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=7, num_images=4)
+    files = server.output_images(server.run(graph, timeout=900))
+    outs = [np.array(Image.open(f).convert("RGB")) for f in files]
+    assert len(outs) == 4 and len({o.tobytes() for o in outs}) == 4
+    keep = preserved_region(models, inputs["photo"], graph)
+    for out in outs:
+        assert np.array_equal(out[keep], inputs["photo"][keep])
+
+
+def test_out_of_range_value_is_rejected_with_node_errors(server, inputs):
+    graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, num_images=5)
+    with pytest.raises(comfy_harness.PromptRejected) as e:
+        server.queue_prompt(graph)
+    body = e.value.body
+    sampler_id = next(k for k, n in graph.items() if n["class_type"] == "ModelSwap_Sampler")
+    assert e.value.status == 400 and sampler_id in body["node_errors"]
+    assert "num_images" in json.dumps(body["node_errors"][sampler_id])
+
+
+def test_interrupt_stops_sampling_within_a_step_and_the_next_prompt_succeeds(server, inputs):
+    slow = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=11)
+    node_of(slow, "ModelSwap_Sampler")["inputs"]["steps"] = 150
+    with server.watch() as ws:
+        prompt_id = server.queue_prompt(slow, ws.client_id)
+        ws.wait_for(lambda m: m["type"] == "progress" and m["data"].get("prompt_id") == prompt_id
+                    and m["data"]["value"] >= 2, timeout=300)
+        server.interrupt()
+        end = ws.wait_done(prompt_id, timeout=120)
+        assert end["type"] == "execution_interrupted"
+        steps_seen = max(v for v, _, _ in ws.progress(prompt_id))
+        assert steps_seen < 150
+    quick = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=12)
+    assert len(server.output_images(server.run(quick, timeout=600))) == 1
+
+
+def test_a_missing_model_names_the_folder_and_file_and_the_queue_carries_on(server, inputs, models):
+    parser_dir = models / "human_parsing" / "fashn-human-parser"
+    hidden = models / "hidden-parser"
+    graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=14)
+    node_of(graph, "ModelSwap_HumanParserLoader")["inputs"]["device"] = "cpu"  # not served from cache
+    parser_dir.rename(hidden)
+    try:
+        entry = server.wait(server.queue_prompt(graph), timeout=300, check=False)
+    finally:
+        hidden.rename(parser_dir)
+    messages = json.dumps(entry["status"]["messages"])
+    assert entry["status"]["status_str"] == "error"
+    assert "models/human_parsing" in messages and "fashn-human-parser" in messages
+    assert "huggingface.co/fashn-ai/fashn-human-parser" in messages
+    ok = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=15)
+    assert len(server.output_images(server.run(ok, timeout=600))) == 1
