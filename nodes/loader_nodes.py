@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from . import comfy_glue as glue
+from .pipeline import model_files
 from .pipeline.model_files import MODELS
 
 GeneratorType = io.Custom("MODELSWAP_GENERATOR")
 ParserType = io.Custom("MODELSWAP_PARSER")
 FaceAnalyzerType = io.Custom("MODELSWAP_FACE_ANALYZER")
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
 NONE = "none"
 DEVICES = ["auto", "cuda", "cpu"]
 
@@ -75,7 +75,7 @@ class PipelineLoader(io.ComfyNode):
         glue.require_module("diffusers", "Model Swap Pipeline Loader", "diffusers>=0.32")
         from .pipeline import ip_adapter, sdxl_loader
 
-        kind = "checkpoints" if model.lower().endswith(CHECKPOINT_SUFFIXES) else "diffusers"
+        kind = "checkpoints" if model_files.generator_key(model) == "sdxl_checkpoint" else "diffusers"
         control = None if controlnet == NONE else glue.model_path("controlnet", controlnet)
         engine = sdxl_loader.load_engine(glue.model_path(kind, model), controlnet_path=control,
                                          device=glue.torch_device(device), dtype=None if dtype == "auto" else dtype,

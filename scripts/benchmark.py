@@ -13,7 +13,6 @@ run is a warm-up; the table reports the mean of the timed runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import resource
 import statistics
 import sys
@@ -26,11 +25,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _import_pack():
-    spec = importlib.util.spec_from_file_location("comfyui_model_swap", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_model_swap"] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import _pack
+
+    _pack.import_pack()
 
 
 def _full_size_sdxl_folder(folder: Path, dtype) -> Path:

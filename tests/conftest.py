@@ -7,7 +7,6 @@ The repository root is a ComfyUI custom-node package whose folder name varies
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import sys
 from pathlib import Path
@@ -15,19 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "comfyui_model_swap"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _register_package() -> None:
-    if PACKAGE in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import _pack
+
+    _pack.import_pack()
 
 
 _register_package()

@@ -18,7 +18,6 @@ from .errors import MissingModelError
 from .pipeline import ModelSwapPipeline
 
 _CACHE: dict[tuple, object] = {}
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
 
 
 @dataclass(frozen=True)
@@ -34,31 +33,19 @@ class ModelChoice:
     clip_vision: str | None = None  # FaceID PlusV2 only
 
 
-def _generator_key(name: str) -> str:
-    return "sdxl_checkpoint" if name.lower().endswith(CHECKPOINT_SUFFIXES) else "sdxl_inpaint"
-
-
-def _insightface_key(name: str) -> str:
-    return name if name in model_files.MODELS else "antelopev2"
-
-
-def _faceid_key(name: str) -> str:
-    return "faceid_plusv2" if "plus" in name.lower() else "faceid"
-
-
 def _requirements(choice: ModelChoice) -> list[tuple[str, str]]:
     """(registry key, name) for every model ``choice`` needs."""
-    needs = [(_generator_key(choice.generator), choice.generator)]
+    needs = [(model_files.generator_key(choice.generator), choice.generator)]
     if choice.controlnet:
         needs.append(("controlnet", choice.controlnet))
     if choice.parser:
         needs.append(("human_parser", choice.parser))
     if choice.insightface:
-        needs.append((_insightface_key(choice.insightface), choice.insightface))
+        needs.append((model_files.insightface_key(choice.insightface), choice.insightface))
     if choice.faceid:
-        needs.append((_faceid_key(choice.faceid), choice.faceid))
+        needs.append((model_files.faceid_key(choice.faceid), choice.faceid))
     if choice.faceid_lora:
-        needs.append(("faceid_plusv2_lora" if "plus" in choice.faceid_lora else "faceid_lora", choice.faceid_lora))
+        needs.append((model_files.faceid_lora_key(choice.faceid_lora), choice.faceid_lora))
     if choice.clip_vision:
         needs.append(("clip_vision_h", choice.clip_vision))
     return needs
@@ -66,7 +53,7 @@ def _requirements(choice: ModelChoice) -> list[tuple[str, str]]:
 
 def _find(key: str, roots: Sequence[Path], name: str) -> Path:
     spec = model_files.MODELS[key]
-    if key == "controlnet" and name.lower().endswith(CHECKPOINT_SUFFIXES):
+    if key == "controlnet" and name.lower().endswith(model_files.CHECKPOINT_SUFFIXES):
         for root in roots:  # a single-file ControlNet has no folder to check
             path = root / spec.folder / name
             if path.is_file():
@@ -123,13 +110,13 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
 
     dev = sdxl_loader.resolve_device(device)
     paths = {key: _find(key, roots, name) for key, name in _requirements(choice)}
-    gen_key = _generator_key(choice.generator)
+    gen_key = model_files.generator_key(choice.generator)
     engine = sdxl_loader.load_engine(
         paths[gen_key], controlnet_path=paths.get("controlnet"), device=dev, dtype=dtype, offload=offload,
         config_dir=config_dir, tokenizer_dir=tokenizer_dir)
     faceid = None
     if choice.faceid:
-        fkey = _faceid_key(choice.faceid)
+        fkey = model_files.faceid_key(choice.faceid)
         lora = paths.get("faceid_lora") or paths.get("faceid_plusv2_lora")
         encoder = paths.get("clip_vision_h")
         faceid = ip_adapter.FaceIDChoice(str(paths[fkey]), None if lora is None else str(lora),
@@ -142,7 +129,7 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
         parser = _cached(("parser", str(p.resolve()), str(dev)), lambda: HumanParser.load(p, device=dev))
     analyzer = None
     if choice.insightface:
-        root = paths[_insightface_key(choice.insightface)].parents[1]
+        root = paths[model_files.insightface_key(choice.insightface)].parents[1]
         analyzer = _cached(("insightface", str(root.resolve()), choice.insightface, str(dev), det_size),
                            lambda: FaceAnalyzer.load(root, name=choice.insightface, device=str(dev),
                                                      det_size=det_size))

@@ -151,6 +151,27 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
+
+
+def generator_key(name: str) -> str:
+    """Registry key for a generator choice: a single-file checkpoint or a diffusers folder."""
+    return "sdxl_checkpoint" if name.lower().endswith(CHECKPOINT_SUFFIXES) else "sdxl_inpaint"
+
+
+def faceid_key(name: str) -> str:
+    return "faceid_plusv2" if "plus" in name.lower() else "faceid"
+
+
+def faceid_lora_key(name: str) -> str:
+    return "faceid_plusv2_lora" if "plus" in name.lower() else "faceid_lora"
+
+
+def insightface_key(name: str) -> str:
+    """antelopev2 and buffalo_l by name; any other pack folder is checked like antelopev2."""
+    return name if name in ("antelopev2", "buffalo_l") else "antelopev2"
+
+
 def describe(spec: ModelSpec, name: str | None = None) -> str:
     """One line telling the user what to download and where to put it."""
     name = name or spec.name

@@ -1,0 +1,316 @@
+"""Run an exported API-format workflow headlessly: fill its inputs, queue it, collect the images.
+
+Comfy-free (standard library only), so it works from any Python:
+
+    python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/
+        [--face-reference face.jpg] [--seed 7] [--num-images 2] [--prompt "..."]
+        [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI] [--models-dir DIR]
+
+With ``--server`` it talks to a running ComfyUI over HTTP. With ``--comfyui`` it starts
+that ComfyUI headless on a free loopback port for this one job and stops it after.
+Before anything starts, every model the workflow's loaders name is looked up in the
+models folders; if one is missing the run stops at once with the list of what to
+download and where (exit code 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import mimetypes
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pipeline import model_files
+
+EXIT_MISSING_MODELS = 2
+EXIT_FAILED = 1
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+
+class WorkflowError(RuntimeError):
+    pass
+
+
+@dataclass
+class Overrides:
+    image: Path
+    face_reference: Path | None = None
+    seed: int | None = None
+    num_images: int | None = None
+    prompt: str | None = None
+    face_reference_mode: str | None = None
+    filename_prefix: str | None = None
+    settings: list[str] = field(default_factory=list)  # "ClassType.input=value" (value parsed as JSON if it can be)
+
+
+@dataclass
+class JobResult:
+    prompt_id: str
+    files: list[Path] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- the graph
+
+def load_workflow(path: Path) -> dict:
+    try:
+        graph = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WorkflowError(f"Cannot read the workflow {path}: {exc}") from exc
+    if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise WorkflowError(
+            f"{path} is not an API-format workflow (a map of node id -> {{class_type, inputs}}). In ComfyUI use "
+            "'Export (API)' or the *_api.json files in workflows/.")
+    return graph
+
+
+def _consumers(graph: dict, node_id: str):
+    for nid, node in graph.items():
+        for name, value in node.get("inputs", {}).items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id):
+                yield nid, node["class_type"], name
+
+
+def image_roles(graph: dict) -> dict[str, str]:
+    """LoadImage node id -> 'model' or 'face_reference', read from what each one feeds."""
+    roles = {}
+    for nid, node in graph.items():
+        if node["class_type"] != "LoadImage":
+            continue
+        uses = {(cls, name) for _, cls, name in _consumers(graph, nid)}
+        if any(name == "face_reference" for _, name in uses):
+            roles[nid] = "face_reference"
+        elif any(cls.endswith("GarmentMask") and name == "image" for cls, name in uses):
+            roles[nid] = "model"
+    return roles
+
+
+def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str]) -> dict:
+    """A copy of ``graph`` with the image files, seed, num_images, prompt and mode replaced."""
+    graph = copy.deepcopy(graph)
+    roles = image_roles(graph)
+    if "model" not in roles.values():
+        raise WorkflowError("The workflow has no LoadImage feeding GarmentMask's image: nothing to put --image in.")
+    for nid, role in roles.items():
+        if role == "face_reference" and role not in uploaded:
+            raise WorkflowError("This workflow takes a face reference: pass --face-reference FILE "
+                                "(or use the workflow without one).")
+        graph[nid]["inputs"]["image"] = uploaded[role]
+    if "face_reference" in uploaded and "face_reference" not in roles.values():
+        raise WorkflowError("--face-reference was given but this workflow has no face reference input: use "
+                            "workflows/model_swap_face_reference_api.json.")
+    for node in graph.values():
+        cls, inputs = node["class_type"], node["inputs"]
+        if cls.endswith("_Sampler"):
+            for key in ("seed", "num_images", "prompt"):
+                value = getattr(overrides, key)
+                if value is not None:
+                    inputs[key] = value
+        if cls.endswith("_FaceRefine") and overrides.face_reference_mode:
+            inputs["face_reference_mode"] = overrides.face_reference_mode
+        if cls == "SaveImage" and overrides.filename_prefix:
+            inputs["filename_prefix"] = overrides.filename_prefix
+    for item in overrides.settings:
+        _apply_setting(graph, item)
+    return graph
+
+
+def _apply_setting(graph: dict, item: str) -> None:
+    """``ClassType.input=value`` (or ``Node title.input=value``) sets a widget on every matching node."""
+    target, sep, raw = item.partition("=")
+    node_name, dot, key = target.rpartition(".")
+    if not sep or not dot or not node_name or not key:
+        raise WorkflowError(f"--set {item!r}: write it as NodeClass.input=value, e.g. ModelSwap_FaceRefine.strength=0.5")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    hits = [n for n in graph.values()
+            if node_name in (n["class_type"], n.get("_meta", {}).get("title")) and key in n.get("inputs", {})]
+    if not hits:
+        raise WorkflowError(f"--set {item!r}: no node of class or title {node_name!r} has an input {key!r}.")
+    for node in hits:
+        if isinstance(node["inputs"][key], list):
+            raise WorkflowError(f"--set {item!r}: {key} is a link from another node, not a value.")
+        node["inputs"][key] = value
+
+
+def required_models(graph: dict) -> list[tuple[str, str]]:
+    """(registry key, name) for every model the workflow's loader nodes name."""
+    needs = []
+    for node in graph.values():
+        cls, inputs = node["class_type"], node.get("inputs", {})
+        if cls.endswith("_PipelineLoader"):
+            model = inputs.get("model", "")
+            needs.append((model_files.generator_key(model), model))
+            faceid = inputs.get("faceid", "none")
+            if faceid != "none":
+                needs.append((model_files.faceid_key(faceid), faceid))
+            lora = inputs.get("faceid_lora", "none")
+            if lora not in ("none", "auto"):
+                needs.append((model_files.faceid_lora_key(lora), lora))
+            for key, spec in (("clip_vision", "clip_vision_h"), ("controlnet", "controlnet")):
+                value = inputs.get(key, "none")
+                if value != "none":
+                    needs.append((spec, value))
+        elif cls.endswith("_HumanParserLoader"):
+            needs.append(("human_parser", inputs.get("parser", "")))
+        elif cls.endswith("_InsightFaceLoader"):
+            pack = inputs.get("pack", "")
+            needs.append((model_files.insightface_key(pack), pack))
+    return needs
+
+
+def missing_models(graph: dict, models_dirs: list[Path]) -> list[str]:
+    """What to download and where, one line per model the workflow needs and no folder holds."""
+    lines = []
+    for key, name in required_models(graph):
+        spec = model_files.MODELS[key]
+        found = any((Path(root) / spec.folder / name).exists() for root in models_dirs)
+        if not found:
+            lines.append(model_files.describe(spec, name))
+    return lines
+
+
+# ----------------------------------------------------------------------------- talking to ComfyUI
+
+class ComfyClient:
+    """Minimal HTTP client for ComfyUI's /upload/image, /prompt, /history and /view."""
+
+    def __init__(self, url: str, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with _DIRECT.open(req, timeout=self.timeout) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            if exc.code == 400 and path == "/prompt":
+                raise WorkflowError(f"ComfyUI rejected the workflow: {detail[:4000]}") from exc
+            raise WorkflowError(f"{method} {path} answered HTTP {exc.code}: {detail[:2000]}") from exc
+        except urllib.error.URLError as exc:
+            raise WorkflowError(f"Cannot reach ComfyUI at {self.url}: {exc.reason}. Is it running?") from exc
+
+    def get_json(self, path: str):
+        return json.loads(self._call("GET", path))
+
+    def upload_image(self, path: Path) -> str:
+        boundary = uuid.uuid4().hex
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        answer = json.loads(self._call("POST", "/upload/image", body,
+                                       {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
+        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+
+    def queue(self, graph: dict) -> str:
+        body = json.dumps({"prompt": graph, "client_id": uuid.uuid4().hex}).encode()
+        return json.loads(self._call("POST", "/prompt", body, {"Content-Type": "application/json"}))["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            status = (entry or {}).get("status", {})
+            if status.get("completed") or status.get("status_str") == "error":
+                if status.get("status_str") != "success":
+                    raise WorkflowError(f"The workflow failed: {_failure(status)}")
+                return entry
+            time.sleep(0.25)
+        raise WorkflowError(f"The workflow did not finish within {timeout:.0f} s.")
+
+    def download(self, image: dict, dest: Path) -> Path:
+        query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
+        dest.write_bytes(self._call("GET", f"/view?{query}"))
+        return dest
+
+
+def _failure(status: dict) -> str:
+    for kind, data in status.get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_message', '').strip()}"
+        if kind == "execution_interrupted":
+            return "interrupted"
+    return json.dumps(status)[:2000]
+
+
+def run(client: ComfyClient, graph: dict, overrides: Overrides, out_dir: Path, timeout: float = 3600.0) -> JobResult:
+    uploaded = {"model": client.upload_image(overrides.image)}
+    if overrides.face_reference is not None:
+        uploaded["face_reference"] = client.upload_image(overrides.face_reference)
+    job = apply_overrides(graph, overrides, uploaded)
+    prompt_id = client.queue(job)
+    entry = client.wait(prompt_id, timeout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = JobResult(prompt_id)
+    for node_id, output in sorted(entry.get("outputs", {}).items()):
+        for i, image in enumerate(output.get("images", [])):
+            if image.get("type") != "output":
+                continue
+            result.files.append(client.download(image, out_dir / f"{Path(image['filename']).stem}.png"))
+    if not result.files:
+        raise WorkflowError("The workflow finished but saved no image: does it end in a SaveImage node?")
+    return result
+
+
+# ----------------------------------------------------------------------------- a private ComfyUI
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalComfy:
+    """ComfyUI started headless on a free loopback port for one job (context manager)."""
+
+    def __init__(self, comfyui: Path, extra_args: list[str] | None = None, startup_timeout: float = 300.0):
+        self.comfyui = Path(comfyui)
+        if not (self.comfyui / "main.py").is_file():
+            raise WorkflowError(f"{comfyui} is not a ComfyUI folder (no main.py).")
+        self.extra_args = extra_args or []
+        self.startup_timeout = startup_timeout
+        self.process = None
+        self.url = ""
+
+    def __enter__(self) -> ComfyClient:
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+               *self.extra_args]
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"comfyui-run-{port}.log", "w")
+        self.process = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT)
+        client = ComfyClient(self.url)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise WorkflowError(f"ComfyUI exited while starting; see {self.log.name}")
+            try:
+                client.get_json("/object_info/SaveImage")
+                return client
+            except WorkflowError:
+                time.sleep(0.5)
+        raise WorkflowError(f"ComfyUI did not start within {self.startup_timeout:.0f} s; see {self.log.name}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()

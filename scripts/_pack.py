@@ -1,0 +1,24 @@
+"""Import this repository as the package ``comfyui_model_swap``, whatever its folder is called.
+
+Inside ComfyUI the pack is imported by its folder name under custom_nodes/; scripts
+and tests use this fixed name instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "comfyui_model_swap"
+
+
+def import_pack():
+    if NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(NAME, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[NAME]

@@ -1,0 +1,80 @@
+"""Run an exported Model Swap workflow headlessly on one image and write the results.
+
+    python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/ \
+        [--face-reference face.jpg] [--seed 42] [--num-images 1] [--prompt TEXT] \
+        [--face-reference-mode match_reference|match_base] [--set NODE.INPUT=VALUE ...] \
+        [--server http://127.0.0.1:8188 | --comfyui PATH/TO/ComfyUI] [--models-dir DIR ...]
+
+Exit codes: 0 done (the written files are printed as JSON), 1 the job failed,
+2 models are missing (the list of what to download and where is printed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+def _runner():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _pack
+
+    _pack.import_pack()
+    return importlib.import_module("comfyui_model_swap.nodes.workflow_runner")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/*_api.json or 'Export (API)')")
+    ap.add_argument("--image", type=Path, required=True, help="the model photo")
+    ap.add_argument("--face-reference", type=Path, help="a photo of the face to give the model")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--num-images", type=int)
+    ap.add_argument("--prompt")
+    ap.add_argument("--face-reference-mode", choices=("match_reference", "match_base"))
+    ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                    help="set any widget, e.g. ModelSwap_FaceRefine.strength=0.5 (repeatable)")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the output images")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="URL of a running ComfyUI, e.g. http://127.0.0.1:8188")
+    where.add_argument("--comfyui", type=Path, help="a ComfyUI folder to start headless for this job")
+    ap.add_argument("--models-dir", type=Path, action="append", default=[],
+                    help="models folder(s) to check before starting (default with --comfyui: <ComfyUI>/models)")
+    ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("comfy_args", nargs="*", help="after '--': extra ComfyUI flags for --comfyui (e.g. --cpu)")
+    args = ap.parse_args(argv)
+    wr = _runner()
+
+    for label, path in (("--image", args.image), ("--face-reference", args.face_reference)):
+        if path is not None and not path.is_file():
+            print(f"error: {label} {path} does not exist", file=sys.stderr)
+            return wr.EXIT_FAILED
+    try:
+        graph = wr.load_workflow(args.workflow)
+        models_dirs = list(args.models_dir) or ([args.comfyui / "models"] if args.comfyui else [])
+        if models_dirs:
+            missing = wr.missing_models(graph, models_dirs)
+            if missing:
+                print("Models missing; download them and place them as follows, then run again:", file=sys.stderr)
+                for line in missing:
+                    print(f"  - {line}", file=sys.stderr)
+                return wr.EXIT_MISSING_MODELS
+        overrides = wr.Overrides(image=args.image, face_reference=args.face_reference, seed=args.seed,
+                                 num_images=args.num_images, prompt=args.prompt,
+                                 face_reference_mode=args.face_reference_mode, settings=args.set)
+        if args.server:
+            result = wr.run(wr.ComfyClient(args.server), graph, overrides, args.out, args.timeout)
+        else:
+            with wr.LocalComfy(args.comfyui, args.comfy_args) as client:
+                result = wr.run(client, graph, overrides, args.out, args.timeout)
+    except wr.WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return wr.EXIT_FAILED
+    print(json.dumps({"prompt_id": result.prompt_id, "files": [str(f) for f in result.files]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The README's headless command: run an exported workflow on an image and write the outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_harness
+import tiny_models
+from comfyui_model_swap.nodes import workflow_runner as wr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import run_workflow  # noqa: E402
+
+PLAIN = ROOT / "workflows" / "model_swap_api.json"
+WITH_REFERENCE = ROOT / "workflows" / "model_swap_face_reference_api.json"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(tiny_models.fashion_photo(128)).save(folder / "model.jpg.png")
+    Image.fromarray(tiny_models.astronaut(128)).save(folder / "face.png")
+    return folder
+
+
+def test_missing_models_stop_at_once_with_the_download_list(tmp_path, photos, capsys):
+    code = run_workflow.main([str(WITH_REFERENCE), "--image", str(photos / "model.jpg.png"), "--face-reference",
+                              str(photos / "face.png"), "--out", str(tmp_path / "out"), "--server",
+                              "http://127.0.0.1:9", "--models-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == wr.EXIT_MISSING_MODELS
+    for text in ("models/diffusers/", "stable-diffusion-xl-1.0-inpainting-0.1", "models/human_parsing/",
+                 "models/insightface/models/", "antelopev2", "models/ipadapter/", "ip-adapter-faceid_sdxl.bin",
+                 "huggingface.co/h94/IP-Adapter-FaceID"):
+        assert text in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_installed_models_pass_the_check(tiny_models_dir):
+    graph = wr.load_workflow(WITH_REFERENCE)
+    assert wr.missing_models(graph, [tiny_models_dir]) == []
+    assert len(wr.required_models(graph)) == 4
+
+
+def test_overrides_fill_images_seed_count_prompt_and_mode():
+    graph = wr.load_workflow(WITH_REFERENCE)
+    out = wr.apply_overrides(graph, wr.Overrides(image=Path("x"), seed=9, num_images=3, prompt="a man",
+                                                 face_reference_mode="match_base"),
+                             {"model": "m.png", "face_reference": "r.png"})
+    roles = wr.image_roles(out)
+    assert sorted(roles.values()) == ["face_reference", "model"]
+    assert {out[n]["inputs"]["image"] for n in roles} == {"m.png", "r.png"}
+    sampler = next(n for n in out.values() if n["class_type"] == "ModelSwap_Sampler")["inputs"]
+    assert (sampler["seed"], sampler["num_images"], sampler["prompt"]) == (9, 3, "a man")
+    assert graph != out  # the loaded workflow itself is untouched
+
+
+def test_set_changes_any_widget_and_rejects_what_does_not_exist():
+    graph = wr.load_workflow(PLAIN)
+    out = wr.apply_overrides(graph, wr.Overrides(image=Path("x"), settings=["ModelSwap_FaceRefine.strength=0.3",
+                                                                            "FaceRefine.enabled=false"]),
+                             {"model": "m.png"})
+    refine = next(n for n in out.values() if n["class_type"] == "ModelSwap_FaceRefine")["inputs"]
+    assert refine["strength"] == 0.3 and refine["enabled"] is False
+    for bad in ("ModelSwap_FaceRefine.nope=1", "strength=1", "ModelSwap_FaceRefine.job=1"):
+        with pytest.raises(wr.WorkflowError, match="--set"):
+            wr.apply_overrides(graph, wr.Overrides(image=Path("x"), settings=[bad]), {"model": "m.png"})
+
+
+def test_a_reference_workflow_without_a_reference_and_the_reverse_are_clear_errors():
+    with pytest.raises(wr.WorkflowError, match="--face-reference"):
+        wr.apply_overrides(wr.load_workflow(WITH_REFERENCE), wr.Overrides(image=Path("x")), {"model": "m.png"})
+    with pytest.raises(wr.WorkflowError, match="model_swap_face_reference_api.json"):
+        wr.apply_overrides(wr.load_workflow(PLAIN), wr.Overrides(image=Path("x")),
+                           {"model": "m.png", "face_reference": "r.png"})
+
+
+def test_a_ui_format_or_broken_file_is_refused(tmp_path):
+    bad = tmp_path / "ui.json"
+    bad.write_text(json.dumps({"nodes": [], "links": []}))
+    with pytest.raises(wr.WorkflowError, match="API-format"):
+        wr.load_workflow(bad)
+
+
+def test_the_command_runs_a_shipped_workflow_against_a_running_comfyui(tmp_path, photos, tiny_models_dir, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models, symlinks=True)
+    with comfy_harness.ComfyServer(tmp_path / "comfy", models_dir=models) as server:
+        code = run_workflow.main([str(WITH_REFERENCE), "--image", str(photos / "model.jpg.png"), "--face-reference",
+                                  str(photos / "face.png"), "--seed", "5", "--num-images", "2",
+                                  "--set", "ModelSwap_FaceRefine.work_size=256",
+                                  "--out", str(tmp_path / "out"), "--server", server.url,
+                                  "--models-dir", str(models)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    files = [Path(f) for f in json.loads(captured.out.strip().splitlines()[-1])["files"]]
+    assert len(files) == 2 and all(f.parent == tmp_path / "out" and f.is_file() for f in files)
+    images = [np.array(Image.open(f).convert("RGB")) for f in files]
+    assert images[0].shape == (128, 128, 3) and not np.array_equal(images[0], images[1])
