@@ -205,3 +205,19 @@ def test_a_missing_model_names_the_folder_and_file_and_the_queue_carries_on(serv
     assert "huggingface.co/fashn-ai/fashn-human-parser" in messages
     ok = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=15, fast=True)
     assert len(server.output_images(server.run(ok, timeout=600))) == 1
+
+
+def test_pack_loads_without_insightface_and_names_the_node_that_needs_it(tmp_path, models, inputs):
+    shadow = tmp_path / "shadow" / "insightface"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("insightface is hidden for this test")\n')
+    env = {"PYTHONPATH": f"{shadow.parent}{':'}{comfy_harness.TORCHVISION_STUB}"}
+    with comfy_harness.ComfyServer(tmp_path / "comfy", models_dir=models, env=env) as srv:
+        assert srv.import_failed() == [], srv.log_tail()
+        assert set(NODE_IDS) <= set(srv.object_info())
+        Image.fromarray(inputs["photo"]).save(tmp_path / "m.png")
+        uploaded = {"model": srv.upload_image(tmp_path / "m.png")}
+        graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), uploaded, fast=True)
+        entry = srv.wait(srv.queue_prompt(graph), timeout=300, check=False)
+    messages = json.dumps(entry["status"]["messages"])
+    assert "Model Swap InsightFace Loader" in messages and "pip install insightface" in messages
