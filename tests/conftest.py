@@ -90,3 +90,14 @@ def tiny_models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     tiny_models.build_all(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread, and much faster when other processes share the cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

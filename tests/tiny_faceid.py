@@ -75,20 +75,11 @@ def tiny_unet():
 
 
 def attn_layout(unet=None) -> list[tuple[int, str, int, int | None]]:
-    """(idx, processor name, hidden size, cross-attention dim or None) in ``attn_processors`` order."""
-    unet = unet if unet is not None else tiny_unet()
-    channels = list(unet.config.block_out_channels)
-    out = []
-    for idx, name in enumerate(unet.attn_processors.keys()):
-        if name.startswith("mid_block"):
-            hidden = channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(channels))[int(name.split(".")[1])]
-        else:
-            hidden = channels[int(name.split(".")[1])]
-        cross = None if name.endswith("attn1.processor") else unet.config.cross_attention_dim
-        out.append((idx, name, hidden, cross))
-    return out
+    """(idx, processor name, hidden size, cross-attention dim or None) in ``attn_processors`` order:
+    the loader's own computation (diffusers' ``load_ip_adapter`` then checks every key and shape)."""
+    from comfyui_model_swap.nodes.pipeline.ip_adapter import attn_layout as layout
+
+    return layout(unet if unet is not None else tiny_unet())
 
 
 def _rand(gen: torch.Generator, *shape: int, std: float = 0.05) -> torch.Tensor:

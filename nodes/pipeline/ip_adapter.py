@@ -150,7 +150,7 @@ def _unet_attn_names(unet) -> list[str]:
     return [n for n in unet.attn_processors.keys() if not n.startswith("encoder_hid_proj.")]
 
 
-def _attn_layout(unet) -> list[tuple[int, str, int, int | None]]:
+def attn_layout(unet) -> list[tuple[int, str, int, int | None]]:
     """(idx, processor name, hidden size, cross-attention dim or None), as diffusers' loader computes them."""
     channels = list(unet.config.block_out_channels)
     layout = []
@@ -214,7 +214,7 @@ def inspect_adapter(state_dict: dict, unet, name: str = "the adapter file") -> A
     if out_dim % cad:
         raise InputValidationError(f"{name} has an ID projection of {out_dim} outputs, not a multiple of {cad}: re-download it.")
 
-    layout = _attn_layout(unet)
+    layout = attn_layout(unet)
     cross = [(idx, hidden) for idx, _n, hidden, c in layout if c is not None]
     n_ip = sum(1 for k in ip if str(k).endswith(".to_k_ip.weight"))
     if n_ip != len(cross):
