@@ -1,8 +1,8 @@
 """Write the editor (UI-format) twins of the shipped API-format workflows.
 
-    python scripts/export_ui_workflows.py            # (re)write workflows/<name>.json
-    python scripts/export_ui_workflows.py --check    # exit 1 if a committed twin is out of date
-    python scripts/export_ui_workflows.py --screenshots DIR   # also save a PNG of each graph
+    python scripts/export_ui_workflows.py             # (re)write workflows/<name>.json
+    python scripts/export_ui_workflows.py --pictures  # and workflows/<name>.png (for README)
+    python scripts/export_ui_workflows.py --check     # write nothing; exit 1 if a file is out of date
 
 For every ``workflows/<name>_api.json`` this starts a real ComfyUI with this pack (its models
 folder filled with the tiny test models, so every dropdown value exists), opens the graph
@@ -15,6 +15,10 @@ as ``workflows/<name>.json``: the file a user drags into ComfyUI. Link ids are r
 1, the view (``extra.ds``) fits the graph into a 1920x1080 window, and the written file is
 loaded back into the editor and must serialise to itself, so reruns are byte-identical.
 
+``workflows/<name>.png`` (written with ``--pictures``, kept in step with the JSON afterwards) is
+the graph as the editor shows it, cropped to the nodes, with the UI workflow in the PNG's
+``workflow`` text chunk like ComfyUI's own images: dropping the picture onto ComfyUI opens it.
+
 Nothing here talks to anything but 127.0.0.1 (tests/comfy_harness.py blocks the browser's
 other requests).
 """
@@ -22,7 +26,7 @@ other requests).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import base64
 import json
 import sys
 import tempfile
@@ -43,6 +47,7 @@ LEFT_BAR = 80  # and its side bar the left
 MAX_SCALE = 1.0
 COLUMN_GAP = 60
 ROW_GAP = 50  # between one node's body and the next node's title bar
+LOADERS_DROP = 70  # the loader column starts lower: the image links above it stay in sight
 # Sizes [w, h] for nodes that show pictures or long text; others get their computed size,
 # widened to the column.
 SIZES = {
@@ -51,20 +56,15 @@ SIZES = {
     "ModelSwap_Sampler": (400, 420),
 }
 MIN_WIDTH = 300
-LOADER_SUFFIX = "Loader"
 SEED_CONTROL = "fixed"
 
 
 def _import_pack() -> None:
     """tests/tiny_models.py imports the pack as ``comfyui_model_swap`` (its folder name varies)."""
-    if "comfyui_model_swap" in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        "comfyui_model_swap", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_model_swap"] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import _pack
+
+    _pack.import_pack()
 
 
 def ui_name(api_path: Path) -> str:
@@ -134,7 +134,7 @@ def layout(api: Mapping[str, Any], sizes: Mapping[str, tuple[float, float]], tit
     x = 0.0
     for c in sorted(set(col.values())):
         members = sorted((n for n in api if col[n] == c), key=order_key)
-        y = 0.0
+        y = LOADERS_DROP if c == 1 else 0.0
         for n in members:
             result[n] = {"pos": [round(x), round(y + title_height)], "size": [round(v) for v in size[n]]}
             y += title_height + size[n][1] + ROW_GAP
@@ -215,36 +215,79 @@ def overlapping(workflow: Mapping[str, Any], title_height: float = 30) -> list[t
     return pairs
 
 
-def drop_workflow(page, workflow: Mapping[str, Any] | str, file_name: str, timeout: float = 60.0) -> None:
-    """Load a workflow the way a user's drag and drop does: a ``drop`` event carrying a
-    ``File`` (the frontend's document drop handler then calls ``app.handleFile``).
+def _expected_nodes(workflow: Mapping[str, Any]) -> list[str]:
+    if "nodes" in workflow:
+        return sorted(f"{n['id']}:{n['type']}" for n in workflow["nodes"])
+    return sorted(f"{k}:{v['class_type']}" for k, v in workflow.items())  # API format
 
-    Waits until the graph holds the workflow's nodes (by id and type).
-    """
-    text = workflow if isinstance(workflow, str) else json.dumps(workflow)
-    data = json.loads(text)
-    if isinstance(data, dict) and "nodes" in data:
-        expected = sorted(f"{n['id']}:{n['type']}" for n in data["nodes"])
-    else:  # API format
-        expected = sorted(f"{k}:{v['class_type']}" for k, v in data.items())
+
+def drop_file(page, content: bytes, file_name: str, mime: str, workflow: Mapping[str, Any],
+              timeout: float = 60.0) -> None:
+    """Drop a file onto the editor the way a user's drag and drop does: a ``drop`` event carrying
+    a ``File`` (the frontend's document drop handler then calls ``app.handleFile``). Waits until
+    the graph holds ``workflow``'s nodes (by id and type)."""
     page.evaluate(
-        """([text, name]) => {
+        """([data, name, mime]) => {
             window.app.graph.clear();  // so the wait below sees the dropped graph, not this one
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
             const transfer = new DataTransfer();
-            transfer.items.add(new File([text], name, {type: 'application/json'}));
+            transfer.items.add(new File([bytes], name, {type: mime}));
             document.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
         }""",
-        [text, file_name],
+        [base64.b64encode(content).decode(), file_name, mime],
     )
     page.wait_for_function(
         """(expected) => {
             const have = window.app.graph._nodes.map(n => `${n.id}:${n.type}`).sort();
             return JSON.stringify(have) === JSON.stringify(expected);
         }""",
-        arg=expected,
+        arg=_expected_nodes(workflow),
         timeout=timeout * 1000,
     )
     page.wait_for_timeout(300)  # the draws and dialogs that loading schedules
+
+
+def drop_workflow(page, workflow: Mapping[str, Any] | str, file_name: str, timeout: float = 60.0) -> None:
+    """Drop a workflow (dict or JSON text) onto the editor as the file ``file_name``."""
+    text = workflow if isinstance(workflow, str) else json.dumps(workflow)
+    drop_file(page, text.encode(), file_name, "application/json", json.loads(text), timeout)
+
+
+def embedded_workflow(png: Path) -> dict | None:
+    """The UI workflow a PNG carries in its ``workflow`` text chunk (as ComfyUI's own images do)."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        text = image.text.get("workflow") if hasattr(image, "text") else None
+    return json.loads(text) if text else None
+
+
+def save_picture(page, workflow: Mapping[str, Any], target: Path, title_height: float = 30) -> Path:
+    """A PNG of the graph as the editor shows it at the workflow's saved view, cropped to the
+    nodes, with the workflow in its ``workflow`` text chunk: dropping the picture onto ComfyUI
+    opens the workflow."""
+    import io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    boxes = list(node_boxes(workflow, title_height).values())
+    ds = workflow["extra"]["ds"]
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    badge, pad = 24, 16  # the node-source badges sit above the title bars
+    x0 = (min(b[0] for b in boxes) + ox) * scale - pad
+    y0 = (min(b[1] for b in boxes) - badge + oy) * scale - pad
+    x1 = (max(b[2] for b in boxes) + ox) * scale + pad
+    y1 = (max(b[3] for b in boxes) + oy) * scale + pad
+    clip = {"x": max(0, x0), "y": max(0, y0), "width": min(VIEW[0], x1) - max(0, x0),
+            "height": min(VIEW[1], y1) - max(0, y0)}
+    page.wait_for_timeout(1000)  # LoadImage previews
+    image = Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")
+    info = PngInfo()
+    info.add_text("workflow", json.dumps(workflow, separators=(",", ":")))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, pnginfo=info, optimize=True)
+    return target
 
 
 def build_ui_workflow(page, api: Mapping[str, Any], name: str) -> dict:
@@ -298,8 +341,11 @@ def workflow_text(workflow: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a twin is out of date")
-    parser.add_argument("--screenshots", type=Path, metavar="DIR", help="also save <DIR>/<name>.png of each graph")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a twin (or an existing picture) is out of date")
+    parser.add_argument("--pictures", action="store_true",
+                        help="(re)write workflows/<name>.png: the graph, with the workflow embedded")
+    parser.add_argument("--screenshots", type=Path, metavar="DIR", help="also save <DIR>/<name>.png of the window")
     args = parser.parse_args(argv)
 
     _import_pack()
@@ -317,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="export-ui-workflows-") as tmp:
         tmp = Path(tmp)
         tiny_models.build_all(tmp / "models")
-        with ch.ComfyServer(tmp / "comfy", models_dir=tmp / "models") as server:
-            failed = server.import_failed()
-            if failed:
+        # no minimap over the bottom-right corner of the pictures
+        with ch.ComfyServer(tmp / "comfy", models_dir=tmp / "models",
+                            settings={"Comfy.Minimap.Visible": False}) as server:
+            if server.import_failed():
                 raise SystemExit(f"the pack failed to import:\n{server.log_tail()}")
             # pictures under the workflows' default file names, so LoadImage shows a preview
             Image.fromarray(tiny_models.fashion_photo(256)).save(tmp / "model.png")
@@ -330,12 +377,13 @@ def main(argv: list[str] | None = None) -> int:
                 for api_path in api_files:
                     name = ui_name(api_path)
                     target = WORKFLOWS / f"{name}.json"
+                    png = WORKFLOWS / f"{name}.png"
                     api = json.loads(api_path.read_text())
-                    text = workflow_text(build_ui_workflow(page, api, name))
+                    workflow = build_ui_workflow(page, api, name)
+                    text = workflow_text(workflow)
                     if args.screenshots:
                         page.wait_for_timeout(1000)  # image previews
-                        shot = ch.screenshot(page, args.screenshots / f"{name}.png")
-                        print(f"screenshot {shot}")
+                        print(f"screenshot {ch.screenshot(page, args.screenshots / f'{name}.png')}")
                     current = target.read_text() if target.is_file() else None
                     if current == text:
                         print(f"{target.relative_to(ROOT)}: up to date ({len(api)} nodes)")
@@ -345,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         target.write_text(text)
                         print(f"wrote {target.relative_to(ROOT)} ({len(api)} nodes, from {api_path.name})")
+                    picture_stale = png.is_file() and embedded_workflow(png) != workflow
+                    if args.check and picture_stale:
+                        stale.append(png)
+                        print(f"{png.relative_to(ROOT)}: OUT OF DATE")
+                    elif not args.check and (args.pictures or picture_stale):
+                        save_picture(page, workflow, png)
+                        print(f"wrote {png.relative_to(ROOT)} ({png.stat().st_size // 1024} KiB)")
                 log = ch.page_log(page)
                 if log.page_errors or log.blocked_requests:
                     raise SystemExit(f"the editor reported page errors {log.page_errors} "
