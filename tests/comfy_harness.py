@@ -118,6 +118,21 @@ def comfyui_path() -> Path:
     return path.resolve()
 
 
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_comfyui() -> None:
+    """Skip the calling test when no ComfyUI is installed, except in CI, where that is a failure."""
+    import pytest
+
+    try:
+        comfyui_path()
+    except ComfyServerError as exc:
+        if IN_CI:
+            raise
+        pytest.skip(str(exc))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -19,7 +19,7 @@ from PIL import Image
 
 import comfy_harness as ch
 
-IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+IN_CI = ch.IN_CI
 PROBE_NODE = "HarnessProbe_SolidImage"
 PROBE_MODEL = "probe.bin"
 TINY_CHECKPOINT = "tiny-probe.safetensors"
@@ -80,13 +80,7 @@ async def comfy_entrypoint():
 '''
 
 
-def _comfyui_or_skip() -> None:
-    try:
-        ch.comfyui_path()
-    except ch.ComfyServerError as exc:
-        if IN_CI:
-            raise
-        pytest.skip(str(exc))
+_comfyui_or_skip = ch.require_comfyui
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ WORKFLOWS = ROOT / "workflows"
 UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.stem.endswith("_api"))
 API_WORKFLOWS = sorted(WORKFLOWS.glob("*_api.json"))
 PICTURES = sorted(WORKFLOWS.glob("*.png"))
-IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+IN_CI = ch.IN_CI
 VIEWPORT = (1920, 1080)  # the window the workflows' saved view is fitted to
 DEFAULT_IMAGES = {"model.png": "model", "face_reference.png": "reference"}
 
@@ -77,12 +76,7 @@ def open_workflow(page, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models_dir):
-    try:
-        ch.comfyui_path()
-    except ch.ComfyServerError as exc:
-        if IN_CI:
-            raise
-        pytest.skip(str(exc))
+    ch.require_comfyui()
     with ch.ComfyServer(tmp_path_factory.mktemp("comfy-editor"), models_dir=tiny_models_dir) as srv:
         yield srv
 

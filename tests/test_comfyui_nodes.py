@@ -39,6 +39,7 @@ def models(tmp_path_factory, tiny_models_dir):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models):
+    comfy_harness.require_comfyui()
     with comfy_harness.ComfyServer(tmp_path_factory.mktemp("comfy"), models_dir=models) as srv:
         yield srv
 
