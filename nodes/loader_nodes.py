@@ -110,10 +110,9 @@ class HumanParserLoader(io.ComfyNode):
     @classmethod
     def execute(cls, parser, device):
         glue.require_module("transformers", "Model Swap Human Parser Loader", "transformers>=4.46")
-        from .pipeline.parsing import HumanParser
+        from .pipeline.loading import load_parser
 
-        return io.NodeOutput(_cached(("parser", parser, device), lambda: HumanParser.load(
-            glue.model_path("human_parsing", parser), device=glue.torch_device(device))))
+        return io.NodeOutput(load_parser(glue.model_path("human_parsing", parser), glue.torch_device(device)))
 
 
 class InsightFaceLoader(io.ComfyNode):
@@ -140,7 +139,7 @@ class InsightFaceLoader(io.ComfyNode):
     def execute(cls, pack, device, det_size):
         glue.require_module("insightface", "Model Swap InsightFace Loader", "insightface>=0.7.3")
         glue.require_module("onnxruntime", "Model Swap InsightFace Loader", "onnxruntime")
-        from .pipeline.identity import FaceAnalyzer
+        from .pipeline.loading import load_face_analyzer
 
         dev = str(glue.torch_device(device))
         root = glue.model_path("insightface", "")
@@ -148,18 +147,7 @@ class InsightFaceLoader(io.ComfyNode):
             if os.path.isdir(os.path.join(candidate, "models", pack)):
                 root = candidate
                 break
-        return io.NodeOutput(_cached(("insightface", root, pack, dev, det_size),
-                                     lambda: FaceAnalyzer.load(root, name=pack, device=dev, det_size=det_size)))
-
-
-_CACHE: dict = {}
-
-
-def _cached(key, build):
-    """One loaded parser / analyzer per choice for the whole ComfyUI session."""
-    if key not in _CACHE:
-        _CACHE[key] = build()
-    return _CACHE[key]
+        return io.NodeOutput(load_face_analyzer(root, pack, dev, det_size))
 
 
 LOADERS = [PipelineLoader, HumanParserLoader, InsightFaceLoader]

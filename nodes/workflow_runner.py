@@ -184,6 +184,19 @@ def missing_models(graph: dict, models_dirs: list[Path]) -> list[str]:
 
 # ----------------------------------------------------------------------------- talking to ComfyUI
 
+def encode_multipart(fields: dict[str, str], file_field: str, file_path: Path) -> tuple[bytes, str]:
+    """A multipart/form-data body with ``fields`` and one file, and its Content-Type header value."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    ctype = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+                 f'filename="{file_path.name}"\r\nContent-Type: {ctype}\r\n\r\n'.encode()
+                 + Path(file_path).read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 class ComfyClient:
     """Minimal HTTP client for ComfyUI's /upload/image, /prompt, /history and /view."""
 
@@ -208,13 +221,8 @@ class ComfyClient:
         return json.loads(self._call("GET", path))
 
     def upload_image(self, path: Path) -> str:
-        boundary = uuid.uuid4().hex
-        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
-                f"Content-Type: {ctype}\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        answer = json.loads(self._call("POST", "/upload/image", body,
-                                       {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
+        body, content_type = encode_multipart({"overwrite": "true"}, "image", path)
+        answer = json.loads(self._call("POST", "/upload/image", body, {"Content-Type": content_type}))
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 
     def queue(self, graph: dict) -> str:

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import mimetypes
 import os
 import socket
 import subprocess
@@ -44,6 +43,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from comfyui_model_swap.nodes.workflow_runner import encode_multipart
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-model-swap"
@@ -158,22 +159,6 @@ def _is_loopback(url: str) -> bool:
     if parsed.scheme in ("data", "blob", "about"):
         return True
     return (parsed.hostname or "") in LOOPBACK_HOSTS
-
-
-def _multipart(fields: Mapping[str, str], file_field: str, file_path: Path) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    content_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{file_path.name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n".encode()
-        + file_path.read_bytes()
-        + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class ComfyServer:
@@ -526,7 +511,7 @@ class ComfyServer:
     def upload_image(self, path: Path | str, subfolder: str = "", overwrite: bool = True) -> str:
         """Upload a file through ``/upload/image``; returns the name a LoadImage node takes."""
         path = Path(path)
-        body, content_type = _multipart(
+        body, content_type = encode_multipart(
             {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}, "image", path
         )
         status, answer = self.request("POST", "/upload/image", body, {"Content-Type": content_type})

@@ -79,6 +79,23 @@ def _cached(key: tuple, build):
     return _CACHE[key]
 
 
+def load_parser(folder: str | Path, device):
+    """The human parser in ``folder`` on ``device``, loaded once per process."""
+    from .parsing import HumanParser
+
+    folder = Path(folder)
+    return _cached(("parser", str(folder.resolve()), str(device)), lambda: HumanParser.load(folder, device=device))
+
+
+def load_face_analyzer(insightface_root: str | Path, name: str, device, det_size: int = 640):
+    """insightface pack ``name`` under ``<insightface_root>/models`` on ``device``, loaded once per process."""
+    from .identity import FaceAnalyzer
+
+    root = Path(insightface_root)
+    return _cached(("insightface", str(root.resolve()), name, str(device), det_size),
+                   lambda: FaceAnalyzer.load(root, name=name, device=str(device), det_size=det_size))
+
+
 def clear_cache() -> None:
     from . import sdxl_loader
 
@@ -94,8 +111,6 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
     All missing models are reported together, so one run tells the user everything to download.
     """
     from . import ip_adapter, sdxl_loader
-    from .identity import FaceAnalyzer
-    from .parsing import HumanParser
 
     roots = [Path(r) for r in models_dirs]
     missing = missing_models(roots, choice)
@@ -123,14 +138,9 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
                                          None if encoder is None else str(encoder))
     ip_adapter.ensure_faceid(engine, faceid)  # fail now, at load time, if the files are wrong
 
-    parser = None
-    if choice.parser:
-        p = paths["human_parser"]
-        parser = _cached(("parser", str(p.resolve()), str(dev)), lambda: HumanParser.load(p, device=dev))
+    parser = None if not choice.parser else load_parser(paths["human_parser"], dev)
     analyzer = None
     if choice.insightface:
         root = paths[model_files.insightface_key(choice.insightface)].parents[1]
-        analyzer = _cached(("insightface", str(root.resolve()), choice.insightface, str(dev), det_size),
-                           lambda: FaceAnalyzer.load(root, name=choice.insightface, device=str(dev),
-                                                     det_size=det_size))
+        analyzer = load_face_analyzer(root, choice.insightface, dev, det_size)
     return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer, faceid=faceid)
