@@ -194,7 +194,7 @@ def test_a_missing_model_names_the_folder_and_file_and_the_queue_carries_on(serv
     parser_dir = models / "human_parsing" / "fashn-human-parser"
     hidden = models / "hidden-parser"
     graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=14, fast=True)
-    node_of(graph, "ModelSwap_HumanParserLoader")["inputs"]["device"] = "cpu"  # not served from cache
+    node_of(graph, "ModelSwap_HumanParserLoader")["inputs"]["device"] = "cpu"  # new inputs: ComfyUI re-runs the loader
     parser_dir.rename(hidden)
     try:
         entry = server.wait(server.queue_prompt(graph), timeout=300, check=False)

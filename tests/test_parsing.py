@@ -97,6 +97,23 @@ def test_missing_parser_names_the_models_folder_the_model_and_the_hub_page(tmp_p
     assert e.value.folder == "models/human_parsing"
 
 
+def test_a_cached_parser_whose_folder_was_removed_is_reported_missing_not_served_stale(tmp_path):
+    from comfyui_model_swap.nodes.pipeline import loading
+
+    folder = build_human_parser(tmp_path / "models" / "human_parsing" / "fashn-human-parser")
+    loading.clear_cache()
+    try:
+        first = loading.load_parser(folder, "cpu")
+        assert loading.load_parser(folder, "cpu") is first
+        folder.rename(tmp_path / "moved")
+        with pytest.raises(MissingModelError, match="fashn-human-parser"):
+            loading.load_parser(folder, "cpu")
+        (tmp_path / "moved").rename(folder)
+        assert loading.load_parser(folder, "cpu") is not first
+    finally:
+        loading.clear_cache()
+
+
 def test_a_segformer_with_another_number_of_classes_is_rejected_as_the_wrong_model(tmp_path):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 

@@ -73,7 +73,12 @@ def missing_models(models_dirs: Iterable[str | Path], choice: ModelChoice = Mode
     return lines
 
 
-def _cached(key: tuple, build):
+def _cached(key: tuple, build, source: Path):
+    """``build()`` once per key; a model whose files were removed since is not served from memory,
+    so the user gets the loader's "what to download" error rather than a stale model."""
+    if not source.exists():
+        _CACHE.pop(key, None)
+        return build()
     if key not in _CACHE:
         _CACHE[key] = build()
     return _CACHE[key]
@@ -84,7 +89,8 @@ def load_parser(folder: str | Path, device):
     from .parsing import HumanParser
 
     folder = Path(folder)
-    return _cached(("parser", str(folder.resolve()), str(device)), lambda: HumanParser.load(folder, device=device))
+    return _cached(("parser", str(folder.resolve()), str(device)),
+                   lambda: HumanParser.load(folder, device=device), folder)
 
 
 def load_face_analyzer(insightface_root: str | Path, name: str, device, det_size: int = 640):
@@ -93,7 +99,8 @@ def load_face_analyzer(insightface_root: str | Path, name: str, device, det_size
 
     root = Path(insightface_root)
     return _cached(("insightface", str(root.resolve()), name, str(device), det_size),
-                   lambda: FaceAnalyzer.load(root, name=name, device=str(device), det_size=det_size))
+                   lambda: FaceAnalyzer.load(root, name=name, device=str(device), det_size=det_size),
+                   root / "models" / name)
 
 
 def clear_cache() -> None:
