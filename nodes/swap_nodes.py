@@ -19,7 +19,7 @@ from .loader_nodes import FaceAnalyzerType, GeneratorType, ParserType
 JobType = io.Custom("MODELSWAP_JOB")
 SEED_MAX = 2**32 - 1
 DEFAULT_CLASSES = "face, hair, torso, arms, hands, legs, feet"
-OUTPUT_SIZES = {"1k": "processing", "native": "native"}
+OUTPUT_SIZES = {"1k": "processing", "2k": "2k", "4k": "4k", "native": "native"}
 
 
 def _fork(job):
@@ -60,8 +60,10 @@ class GarmentMask(io.ComfyNode):
                              tooltip="Width in pixels of the blend band outside the mask; beyond it every pixel "
                                      "equals the input exactly."),
                 io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="1k",
-                               tooltip="1k: process and return at most 1.05 MP like FASHN's API. native: return at "
-                                       "the input's size with the original full-resolution pixels kept."),
+                               tooltip="1k: process and return at most 1.05 MP like FASHN's API. 2k / 4k: return at "
+                                       "the input's size with its long side capped at 2048 / 4096 px. native: "
+                                       "return at the input's size. Outside the regenerated area the input's own "
+                                       "pixels are kept (scaled only where a cap applies)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional regenerate mask (1 = regenerate) replacing the parser's; same size "
                                       "as the image."),
@@ -77,7 +79,7 @@ class GarmentMask(io.ComfyNode):
     def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None):
         from .pipeline import masks
         from .pipeline.compositing import upscale_alpha
-        from .pipeline.pipeline import SwapOptions
+        from .pipeline.pipeline import SwapOptions, output_hw
 
         images = glue.images_from_tensor(image)
         ext = [None] * len(images) if mask is None else glue.masks_from_tensor(mask, len(images))
@@ -87,7 +89,7 @@ class GarmentMask(io.ComfyNode):
         jobs = [pipe.prepare(img, options, external_mask=m) for img, m in zip(images, ext)]
         out_masks, previews = [], []
         for job in jobs:
-            size = job.native.shape[:2] if options.output_size == "native" else job.image.shape[:2]
+            size = output_hw(job.native.shape[:2], job.image.shape[:2], options.output_size)
             out_masks.append(upscale_alpha(job.swap.alpha, size))
             shown = masks.preview(job.swap.labels) if job.swap.labels is not None else masks.overlay(job.image, job.swap)
             previews.append(shown)

@@ -17,7 +17,9 @@ from comfyui_model_swap.nodes.pipeline.errors import (
 from comfyui_model_swap.nodes.pipeline.face_refine import RefineSettings
 from comfyui_model_swap.nodes.pipeline.images import MAX_PIXELS
 from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline, missing_models
-from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions
+from comfyui_model_swap.nodes.pipeline import pipeline as pipeline_mod
+from comfyui_model_swap.nodes.pipeline.images import resize
+from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions, output_hw
 
 FAST = dict(steps=2, refine=RefineSettings(work_size=64, steps=1))
 
@@ -187,6 +189,26 @@ def test_native_output_of_a_large_input_keeps_full_resolution_pixels(pipe):
     result = pipe.run(big, opts(max_pixels=256 * 256, output_size="native", refine_faces=False))
     assert result.processing_size == (256, 256) and result.images[0].shape == big.shape
     assert_preserved_exactly(big, result)
+
+
+@pytest.mark.parametrize("native, processing, size, expected", [
+    ((3000, 2000), (1256, 832), "processing", (1256, 832)),
+    ((3000, 2000), (1256, 832), "native", (3000, 2000)),
+    ((3000, 2000), (1256, 832), "2k", (2048, 1365)),
+    ((3000, 2000), (1256, 832), "4k", (3000, 2000)),
+    ((2000, 6000), (592, 1776), "4k", (1365, 4096)),
+    ((800, 600), (800, 600), "2k", (800, 600)),
+])
+def test_output_size_1k_2k_4k_native_gives_the_documented_size(native, processing, size, expected):
+    assert output_hw(native, processing, size) == expected
+
+
+def test_long_side_capped_output_keeps_the_scaled_inputs_pixels_outside_the_band(pipe, monkeypatch):
+    big = tiny_models.fashion_photo(640)
+    monkeypatch.setitem(pipeline_mod.LONG_SIDE_CAPS, "2k", 400)  # 2048 px would be slow on CPU
+    result = pipe.run(big, opts(max_pixels=256 * 256, output_size="2k", refine_faces=False))
+    assert result.images[0].shape == (400, 400, 3)
+    assert_preserved_exactly(resize(big, (400, 400)), result)
 
 
 def test_odd_sized_input_is_padded_for_sampling_and_returned_at_its_size(pipe):

@@ -24,7 +24,10 @@ from .images import MAX_PIXELS, as_mask, as_rgb_uint8, pad_to_multiple, processi
 from .prompting import NEGATIVE_PROMPT, framing_of, prompts_for, skin_tone_of
 
 SEED_MAX = 2**32 - 1
-OUTPUT_SIZES = ("processing", "native")
+# "processing": FASHN's <= 1.05 MP; "native": the input's size; "2k"/"4k": the input's size with the
+# long side capped at 2048/4096 (FASHN's resolution setting).
+OUTPUT_SIZES = ("processing", "native", "2k", "4k")
+LONG_SIDE_CAPS = {"2k": 2048, "4k": 4096}
 NEEDS_FACEID = ("A face reference needs IP-Adapter FaceID: load ip-adapter-faceid_sdxl.bin (models/ipadapter) "
                 "with the pipeline.")
 
@@ -44,7 +47,7 @@ class SwapOptions:
     regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
     grow: int = 4
     feather: int = 8
-    output_size: str = "processing"  # FASHN returns <= 1.05 MP; "native" keeps the input's size
+    output_size: str = "processing"  # see OUTPUT_SIZES
     max_pixels: int = MAX_PIXELS
     refine_faces: bool = True
     refine: RefineSettings = field(default_factory=RefineSettings)
@@ -54,6 +57,18 @@ class SwapOptions:
     def seeds(self) -> list[int]:
         """Image i uses seed + i (wrapping past 2**32 - 1)."""
         return [(self.seed + i) % (SEED_MAX + 1) for i in range(self.num_images)]
+
+
+def output_hw(native_hw: tuple[int, int], processing_hw: tuple[int, int], output_size: str) -> tuple[int, int]:
+    """(H, W) of the returned images for ``output_size`` (one of OUTPUT_SIZES)."""
+    if output_size == "processing":
+        return tuple(processing_hw)
+    h, w = native_hw
+    cap = LONG_SIDE_CAPS.get(output_size)
+    if cap is None or max(h, w) <= cap:
+        return h, w
+    scale = cap / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def validate_options(o: SwapOptions) -> None:
@@ -277,8 +292,10 @@ class ModelSwapPipeline:
         with timer.stage("composite"):
             outputs = [composite(job.image, g, swap.alpha) for g in job.generated]
             out_mask = swap
-            if job.options.output_size == "native" and native.shape[:2] != size:
-                natives = [to_native(native, g, swap.alpha) for g in job.generated]
+            target = output_hw(native.shape[:2], size, job.options.output_size)
+            if target != tuple(size):
+                full = resize(native, target)  # the original pixels, only scaled when a long-side cap applies
+                natives = [to_native(full, g, swap.alpha) for g in job.generated]
                 outputs = [img for img, _ in natives]
                 alpha = natives[0][1]
                 out_mask = masks_mod.SwapMask(labels=None, hard=alpha >= 1.0, alpha=alpha)
