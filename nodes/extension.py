@@ -12,6 +12,9 @@ from .swap_nodes import SWAP_NODES
 class ModelSwapExtension(ComfyExtension):
     async def on_load(self) -> None:
         comfy_glue.register_model_folders()
+        from .fashn_api.register import register
+
+        register()
 
     async def get_node_list(self):
         comfy_glue.register_model_folders()  # before schemas list the installed models

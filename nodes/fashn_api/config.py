@@ -1,0 +1,66 @@
+"""The API's settings, read from environment variables when ComfyUI starts (see README, "HTTP API")."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .net import UrlPolicy
+
+PREFIX = "MODELSWAP_API_"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = True
+    api_key: str = ""  # empty: no key needed (then keep ComfyUI on loopback)
+    max_in_flight: int = 32  # predictions not yet completed/failed; more answer 429
+    keep_url_outputs_s: float = 72 * 3600  # FASHN keeps CDN outputs 72 h
+    keep_base64_s: float = 60 * 60  # and base64 results 60 min
+    fetch_max_bytes: int = 25 * 1024 * 1024
+    fetch_timeout_s: float = 20.0
+    max_input_pixels: int = 40_000_000
+    fetch_policy: UrlPolicy = field(default_factory=UrlPolicy)
+    public_url: str = ""  # base of output URLs; empty: the scheme and Host of the request
+    webhook_attempts: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ApiConfig":
+        """Settings from ``MODELSWAP_API_*``; a malformed value raises ValueError naming the variable."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(PREFIX + name)
+            return None if value is None or not value.strip() else value.strip()
+
+        def number(name: str, kind, default, low):
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{PREFIX}{name}={raw!r} is not a number.") from None
+            if value < low:
+                raise ValueError(f"{PREFIX}{name}={raw!r} must be at least {low}.")
+            return value
+
+        try:
+            policy = UrlPolicy.from_setting(get("FETCH_ALLOW") or "")
+        except ValueError as exc:
+            raise ValueError(f"{PREFIX}FETCH_ALLOW: {exc}") from None
+        d = cls()
+        return cls(
+            enabled=(get("ENABLED") or "1").lower() not in ("0", "false", "no", "off"),
+            api_key=get("KEY") or "",
+            max_in_flight=number("MAX_IN_FLIGHT", int, d.max_in_flight, 1),
+            keep_url_outputs_s=number("KEEP_URL_OUTPUTS_S", float, d.keep_url_outputs_s, 1),
+            keep_base64_s=number("KEEP_BASE64_S", float, d.keep_base64_s, 1),
+            fetch_max_bytes=number("FETCH_MAX_BYTES", int, d.fetch_max_bytes, 1024),
+            fetch_timeout_s=number("FETCH_TIMEOUT_S", float, d.fetch_timeout_s, 0.1),
+            max_input_pixels=number("MAX_INPUT_PIXELS", int, d.max_input_pixels, 64 * 64),
+            fetch_policy=policy,
+            public_url=(get("PUBLIC_URL") or "").rstrip("/"),
+            webhook_attempts=number("WEBHOOK_ATTEMPTS", int, d.webhook_attempts, 1),
+        )
