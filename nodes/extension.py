@@ -10,12 +10,18 @@ from .swap_nodes import SWAP_NODES
 
 
 class ModelSwapExtension(ComfyExtension):
-    async def on_load(self) -> None:
+    async def on_load(self) -> None:  # ComfyUI versions that call it; get_node_list covers the rest
         comfy_glue.register_model_folders()
-        from .fashn_api.register import register
-
-        register()
+        _register_api()
 
     async def get_node_list(self):
         comfy_glue.register_model_folders()  # before schemas list the installed models
+        _register_api()
         return [*LOADERS, *SWAP_NODES]
+
+
+def _register_api() -> None:
+    """The FASHN-compatible HTTP API on ComfyUI's server (once; see README, "HTTP API")."""
+    from .fashn_api.register import register
+
+    register()

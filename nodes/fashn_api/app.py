@@ -83,7 +83,7 @@ class FashnApi:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise bad_request(f"The body is not valid JSON ({exc}): send a JSON object with model_name and "
                                   "inputs.") from None
-            run = parse_run_request(body)
+            run = parse_run_request(body, request.query.get("webhook_url"))
             prediction = self.store.create(run, self._base_url(request))
         except HttpError as exc:
             return _error_response(exc)

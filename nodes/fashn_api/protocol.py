@@ -95,8 +95,11 @@ _INPUTS = {"model_image", "prompt", "face_reference", "face_reference_mode", "se
            "output_format", "return_base64", "generation_mode", "resolution", "aspect_ratio"}
 
 
-def parse_run_request(body: object) -> RunRequest:
-    """Validate a decoded ``POST /v1/run`` body; raise ``HttpError`` 400 naming the field and the fix."""
+def parse_run_request(body: object, webhook_query: str | None = None) -> RunRequest:
+    """Validate a decoded ``POST /v1/run`` body; raise ``HttpError`` 400 naming the field and the fix.
+
+    FASHN's SDKs send ``webhook_url`` as a query parameter (``webhook_query``); it is also
+    accepted in the body."""
     if not isinstance(body, dict):
         raise bad_request('The body must be a JSON object: {"model_name": "model-swap", "inputs": {...}}.')
     unknown = sorted(set(body) - _TOP_LEVEL)
@@ -123,6 +126,10 @@ def parse_run_request(body: object) -> RunRequest:
         raise bad_request("inputs.model_image is missing: give the model photo as an http(s) URL or as "
                           "data:image/<format>;base64,<data>.")
     webhook = _optional(body, "webhook_url", str, "an http(s) URL")
+    if webhook_query is not None:
+        if webhook is not None and webhook != webhook_query:
+            raise bad_request("webhook_url is given twice (query and body) with different values: give it once.")
+        webhook = webhook_query
     if webhook is not None:
         _check_url_syntax(webhook, "webhook_url")
     face_reference = _optional(inputs, "face_reference", str, "an http(s) URL or data URI")
