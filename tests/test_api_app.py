@@ -370,3 +370,23 @@ def test_config_from_env_reads_every_setting_and_names_bad_values():
         ApiConfig.from_env({"MODELSWAP_API_MAX_IN_FLIGHT": "many"})
     with pytest.raises(ValueError, match="MODELSWAP_API_FETCH_ALLOW"):
         ApiConfig.from_env({"MODELSWAP_API_FETCH_ALLOW": "not a network/99"})
+
+
+def test_predictions_enter_the_queue_in_order_of_arrival_even_when_an_earlier_image_is_slower(tmp_path):
+    photo = base64.b64decode(png_uri().split(",", 1)[1])
+
+    async def slow_fetch(url, **kwargs):
+        await asyncio.sleep(0.3)
+        return photo, "image/png"
+
+    async def scenario(h):
+        _, slow = await h.run({"model_image": "https://images.example/slow.png"})
+        _, quick = await h.run({"model_image": png_uri()})
+        _, bad = await h.run({"model_image": "data:image/png;base64,AAAA"})
+        _, last = await h.run({"model_image": png_uri()})
+        finals = [(await h.until_done(p["id"]))[0]["status"] for p in (slow, quick, bad, last)]
+        return [slow["id"], quick["id"], last["id"]], list(h.queue.graphs), finals
+
+    expected, queued, finals = serve(tmp_path, scenario, fetch=slow_fetch)
+    assert queued == expected, (queued, expected)
+    assert finals == ["completed", "completed", "failed", "completed"]

@@ -68,6 +68,8 @@ class FashnApi:
         self._queued: dict[str, Prediction] = {}
         self._watcher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._last_turn = asyncio.Event()  # set when the latest accepted prediction is queued or failed
+        self._last_turn.set()
 
     # ------------------------------------------------------------------------------ routes
     def add_routes(self, routes: web.RouteTableDef) -> None:
@@ -88,7 +90,9 @@ class FashnApi:
         except HttpError as exc:
             return _error_response(exc)
         log.info("model-swap API: prediction %s accepted: %s", prediction.id, json.dumps(run.summary()))
-        self._spawn(self._start(prediction))
+        previous, mine = self._last_turn, asyncio.Event()
+        self._last_turn = mine
+        self._spawn(self._start(prediction, previous, mine))
         return web.json_response(run_response(prediction.id))
 
     async def handle_status(self, request: web.Request) -> web.Response:
@@ -134,8 +138,11 @@ class FashnApi:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start(self, prediction: Prediction) -> None:
-        """Load the images and queue the workflow; any failure ends the prediction, nothing else."""
+    async def _start(self, prediction: Prediction, previous: asyncio.Event, mine: asyncio.Event) -> None:
+        """Load the images and queue the workflow; any failure ends the prediction, nothing else.
+
+        Images load concurrently, but each prediction enters ComfyUI's queue only after the one
+        accepted before it (``previous``) did or failed, so the queue keeps the order of arrival."""
         run = prediction.request
         folder = f"{WORK_FOLDER}/{prediction.id}"
         in_dir = self.backend.input_dir / WORK_FOLDER / prediction.id
@@ -148,6 +155,7 @@ class FashnApi:
             names = {role: f"{folder}/{Path(name).name}" for role, name in names.items()}
             graph = fill(run, names, f"{folder}/raw")
             prediction.output_node = output_node(graph)
+            await previous.wait()
             prediction.prompt_id = await self.backend.submit(graph, prediction.id)
         except pipeline_errors.ModelSwapError as exc:
             await self._fail(prediction, exc.api_name, str(exc))
@@ -159,6 +167,11 @@ class FashnApi:
             log.exception("model-swap API: prediction %s failed to start", prediction.id)
             await self._fail(prediction, "InternalServerError", f"{type(exc).__name__}: {exc}")
             return
+        finally:  # the next one may enter the queue once this one and every earlier one are settled
+            if previous.is_set():
+                mine.set()
+            else:
+                self._spawn(_pass_turn(previous, mine))
         prediction.status = "in_queue"
         self._queued[prediction.prompt_id] = prediction
         if self._watcher is None or self._watcher.done():
@@ -291,6 +304,11 @@ class FashnApi:
 
 
 # -------------------------------------------------------------------------------- helpers
+
+async def _pass_turn(previous: asyncio.Event, mine: asyncio.Event) -> None:
+    await previous.wait()
+    mine.set()
+
 
 def _strict_loads(text: str):
     def refuse_constant(name):
