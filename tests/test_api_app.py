@@ -390,3 +390,23 @@ def test_predictions_enter_the_queue_in_order_of_arrival_even_when_an_earlier_im
     expected, queued, finals = serve(tmp_path, scenario, fetch=slow_fetch)
     assert queued == expected, (queued, expected)
     assert finals == ["completed", "completed", "failed", "completed"]
+
+
+def test_expired_results_are_swept_without_any_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_mod, "SWEEP_S", 0.01)
+    clock = [50.0]
+
+    async def scenario(h):
+        h.api.store.clock = lambda: clock[0]
+        _, body = await h.run({"model_image": png_uri()})
+        await h.until_done(body["id"])
+        kept = [p.name for p in h.queue.output_dir.rglob("*") if p.is_file()]
+        clock[0] += h.api.config.keep_url_outputs_s + 1
+        for _ in range(100):
+            if not h.api.store.all():
+                break
+            await asyncio.sleep(0.01)
+        return kept, h.api.store.all(), [p for p in tmp_path.rglob("*") if p.is_file()]
+
+    kept, remaining, files = serve(tmp_path, scenario)
+    assert kept == ["output_0.png"] and remaining == [] and files == []

@@ -32,6 +32,7 @@ from .workflow_fill import fill, output_node
 log = logging.getLogger("comfyui_model_swap.api")
 WORK_FOLDER = "modelswap_api"  # under ComfyUI's input/ and output/
 POLL_S = 0.2
+SWEEP_S = 30.0
 MIME = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
@@ -67,6 +68,7 @@ class FashnApi:
         self.store = PredictionStore(max_in_flight=config.max_in_flight, on_expire=self._remove_files)
         self._queued: dict[str, Prediction] = {}
         self._watcher: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_turn = asyncio.Event()  # set when the latest accepted prediction is queued or failed
         self._last_turn.set()
@@ -235,10 +237,7 @@ class FashnApi:
             return
         finally:
             await self._forget_history(prediction)
-        prediction.output = outputs
-        prediction.status = "completed"
-        keep = self.config.keep_base64_s if prediction.request.return_base64 else self.config.keep_url_outputs_s
-        await self._end(prediction, keep)
+        await self._end(prediction, "completed", output=outputs)
 
     def _encode_outputs(self, prediction: Prediction, entry: dict) -> list[str]:
         from PIL import Image
@@ -272,21 +271,31 @@ class FashnApi:
             log.warning("model-swap API: could not remove prediction %s from ComfyUI's history", prediction.id)
 
     async def _fail(self, prediction: Prediction, name: str, message: str) -> None:
-        prediction.status = "failed"
-        prediction.error = runtime_error(name, message)
         log.warning("model-swap API: prediction %s failed: %s: %s", prediction.id, name, message)
-        keep = self.config.keep_base64_s if prediction.request.return_base64 else self.config.keep_url_outputs_s
-        await self._end(prediction, keep)
+        await self._end(prediction, "failed", error=runtime_error(name, message))
 
-    async def _end(self, prediction: Prediction, keep_s: float) -> None:
-        """Remove the inputs (and, for base64, every file) now; keep the status for ``keep_s``."""
+    async def _end(self, prediction: Prediction, status: str, *, output: list[str] | None = None,
+                   error: dict | None = None) -> None:
+        """Remove the inputs (and, for base64 or a failure, every file) first, then publish the final
+        status, kept for the retention time, and send the webhook."""
+        run = prediction.request
         _remove(self.backend.input_dir / WORK_FOLDER / prediction.id)
-        if prediction.request.return_base64 or prediction.status == "failed":
+        if run.return_base64 or status == "failed":
             _remove(self.backend.output_dir / WORK_FOLDER / prediction.id)
-        self.store.finish(prediction, keep_s=keep_s)
+        prediction.output, prediction.error, prediction.status = output, error, status
+        self.store.finish(prediction, keep_s=self.config.keep_base64_s if run.return_base64
+                          else self.config.keep_url_outputs_s)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         if prediction.request.webhook_url:
             self._spawn(self.post_json(prediction.request.webhook_url, prediction.payload(),
                                        policy=self.config.fetch_policy, attempts=self.config.webhook_attempts))
+
+    async def _sweep(self) -> None:
+        """Expire results on time even when no request comes in (their files go with them)."""
+        while self.store.all():
+            await asyncio.sleep(SWEEP_S)
+            self.store.sweep()
 
     @staticmethod
     def _remove_files(prediction: Prediction) -> None:
@@ -299,8 +308,9 @@ class FashnApi:
             _remove(root / WORK_FOLDER)
 
     async def close(self) -> None:
-        for task in list(self._tasks) + ([self._watcher] if self._watcher else []):
-            task.cancel()
+        for task in [*self._tasks, self._watcher, self._sweeper]:
+            if task is not None:
+                task.cancel()
 
 
 # -------------------------------------------------------------------------------- helpers
