@@ -410,3 +410,15 @@ def test_expired_results_are_swept_without_any_request(tmp_path, monkeypatch):
 
     kept, remaining, files = serve(tmp_path, scenario)
     assert kept == ["output_0.png"] and remaining == [] and files == []
+
+
+def test_an_unexpected_error_answers_fashns_500_body(tmp_path, monkeypatch):
+    def broken(self, prediction_id):
+        raise KeyError("store corrupted")
+
+    async def scenario(h):
+        monkeypatch.setattr(type(h.api.store), "get", broken)
+        return await h.status("some-id")
+
+    code, body = serve(tmp_path, scenario)
+    assert code == 500 and body["error"] == "InternalServerError" and "store corrupted" in body["message"]

@@ -75,9 +75,9 @@ class FashnApi:
 
     # ------------------------------------------------------------------------------ routes
     def add_routes(self, routes: web.RouteTableDef) -> None:
-        routes.post("/v1/run")(self.handle_run)
-        routes.get("/v1/status/{id}")(self.handle_status)
-        routes.get("/v1/outputs/{id}/{name}")(self.handle_output)
+        routes.post("/v1/run")(_fashn_500(self.handle_run))
+        routes.get("/v1/status/{id}")(_fashn_500(self.handle_status))
+        routes.get("/v1/outputs/{id}/{name}")(_fashn_500(self.handle_output))
 
     async def handle_run(self, request: web.Request) -> web.Response:
         try:
@@ -314,6 +314,22 @@ class FashnApi:
 
 
 # -------------------------------------------------------------------------------- helpers
+
+def _fashn_500(handler):
+    """An unexpected error in a handler answers FASHN's 500 body, not aiohttp's HTML page."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("model-swap API: %s %s failed", request.method, request.path)
+            return _error_response(HttpError(500, "InternalServerError", f"{type(exc).__name__}: {exc}"))
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
 
 async def _pass_turn(previous: asyncio.Event, mine: asyncio.Event) -> None:
     await previous.wait()
