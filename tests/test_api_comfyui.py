@@ -408,3 +408,14 @@ def test_base64_results_expire_after_the_retention_time(client, server):
     code, answer = raw(server, "GET", f"/v1/status/{result.id}")
     assert (code, answer["error"]) == (404, "NotFound")
 
+
+
+def test_listening_beyond_loopback_without_a_key_warns_loudly_at_start_up(tmp_path):
+    """ComfyUI bound to every interface (only loopback is used to talk to it) with no key set."""
+    comfy_harness.require_comfyui()
+    env = {"PYTHONPATH": f"{NETGUARD}:{comfy_harness.TORCHVISION_STUB}"}
+    with comfy_harness.ComfyServer(tmp_path / "open", env=env, extra_args=["--listen", "0.0.0.0"]) as srv:
+        log = srv.log_path.read_text()
+        code, answer = raw(srv, "GET", "/v1/status/unknown", key=None)
+    assert "MODELSWAP_API_KEY is not set" in log and "0.0.0.0" in log and "--listen 127.0.0.1" in log
+    assert (code, answer["error"]) == (404, "NotFound")  # no key configured: no key asked for
