@@ -150,11 +150,13 @@ class FashnApi:
         in_dir = self.backend.input_dir / WORK_FOLDER / prediction.id
         prediction.work_dirs = [in_dir, self.backend.output_dir / WORK_FOLDER / prediction.id]
         try:
-            names = {"model": await self._load_image(run.model_image, "model_image", in_dir / "model.png")}
+            sources = {"model": (run.model_image, "model_image")}
             if run.face_reference is not None:
-                names["face_reference"] = await self._load_image(run.face_reference, "face_reference",
-                                                                 in_dir / "face_reference.png")
-            names = {role: f"{folder}/{Path(name).name}" for role, name in names.items()}
+                sources["face_reference"] = (run.face_reference, "face_reference")
+            names = {}
+            for role, (ref, what) in sources.items():
+                await self._load_image(ref, what, in_dir / f"{role}.png")
+                names[role] = f"{folder}/{role}.png"  # LoadImage's name, relative to ComfyUI's input folder
             graph = fill(run, names, f"{folder}/raw")
             prediction.output_node = output_node(graph)
             await previous.wait()
@@ -179,7 +181,8 @@ class FashnApi:
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    async def _load_image(self, ref: str, what: str, dest: Path) -> str:
+    async def _load_image(self, ref: str, what: str, dest: Path) -> None:
+        """Fetch or decode one input image and write it to ``dest`` as a clean RGB PNG."""
         if image_input.is_data_uri(ref):
             data, _ = image_input.split_data_uri(ref, what=what, max_bytes=self.config.fetch_max_bytes)
         else:
@@ -191,7 +194,6 @@ class FashnApi:
         png = await asyncio.to_thread(self._normalise, data, what)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(png)
-        return str(dest)
 
     def _normalise(self, data: bytes, what: str) -> bytes:
         image = image_input.decode_image(data, what=what, max_pixels=self.config.max_input_pixels)

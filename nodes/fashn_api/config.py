@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .image_input import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from .net import UrlPolicy
 
 PREFIX = "MODELSWAP_API_"
@@ -18,9 +19,9 @@ class ApiConfig:
     max_in_flight: int = 32  # predictions not yet completed/failed; more answer 429
     keep_url_outputs_s: float = 72 * 3600  # FASHN keeps CDN outputs 72 h
     keep_base64_s: float = 60 * 60  # and base64 results 60 min
-    fetch_max_bytes: int = 25 * 1024 * 1024
+    fetch_max_bytes: int = MAX_INPUT_BYTES
     fetch_timeout_s: float = 20.0
-    max_input_pixels: int = 40_000_000
+    max_input_pixels: int = MAX_INPUT_PIXELS
     fetch_policy: UrlPolicy = field(default_factory=UrlPolicy)
     public_url: str = ""  # base of output URLs; empty: the scheme and Host of the request
     webhook_attempts: int = 4

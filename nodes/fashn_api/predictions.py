@@ -19,7 +19,6 @@ class Prediction:
     status: str = "starting"
     output: list[str] | None = None
     error: dict | None = None
-    created: float = field(default_factory=time.monotonic)
     expires: float | None = None  # set when it ends
     prompt_id: str = ""  # the id of its job in ComfyUI's queue
     output_node: str = ""  # the SaveImage node whose images are the outputs
@@ -55,7 +54,7 @@ class PredictionStore:
             raise HttpError(429, "ConcurrencyLimitExceeded",
                             f"{busy} predictions are already in progress on this server (limit {self.max_in_flight}): "
                             "retry once one completes, or raise MODELSWAP_API_MAX_IN_FLIGHT.")
-        prediction = Prediction(id=str(uuid.uuid4()), request=request, base_url=base_url, created=self.clock())
+        prediction = Prediction(id=str(uuid.uuid4()), request=request, base_url=base_url)
         self._items[prediction.id] = prediction
         return prediction
 
@@ -65,9 +64,6 @@ class PredictionStore:
         if prediction is None:
             raise not_found(prediction_id)
         return prediction
-
-    def unfinished(self) -> list[Prediction]:
-        return [p for p in self._items.values() if not p.done]
 
     def finish(self, prediction: Prediction, *, keep_s: float) -> None:
         prediction.expires = self.clock() + keep_s
