@@ -247,13 +247,23 @@ class ComfyClient:
         return dest
 
 
+def failure_event(status: dict) -> tuple[str, dict] | None:
+    """The message of a history entry's status that ended the run: ('execution_error' or
+    'execution_interrupted', its data), or None when there is none."""
+    for kind, data in status.get("messages") or []:
+        if kind in ("execution_error", "execution_interrupted"):
+            return kind, data
+    return None
+
+
 def _failure(status: dict) -> str:
-    for kind, data in status.get("messages", []):
-        if kind == "execution_error":
-            return f"{data.get('node_type')}: {data.get('exception_message', '').strip()}"
-        if kind == "execution_interrupted":
-            return "interrupted"
-    return json.dumps(status)[:2000]
+    event = failure_event(status)
+    if event is None:
+        return json.dumps(status)[:2000]
+    kind, data = event
+    if kind == "execution_error":
+        return f"{data.get('node_type')}: {data.get('exception_message', '').strip()}"
+    return "interrupted"
 
 
 def run(client: ComfyClient, graph: dict, overrides: Overrides, out_dir: Path, timeout: float = 3600.0) -> JobResult:

@@ -27,6 +27,7 @@ from . import image_input, net
 from .config import ApiConfig
 from .predictions import Prediction, PredictionStore
 from .protocol import HttpError, bad_request, parse_run_request, run_response, runtime_error, unauthorized
+from ..workflow_runner import failure_event
 from .workflow_fill import fill, output_node
 
 log = logging.getLogger("comfyui_model_swap.api")
@@ -384,10 +385,11 @@ def _api_name(exception_type: str) -> str:
 
 
 def _history_error(status: dict) -> tuple[str, str]:
-    for kind, data in status.get("messages") or []:
-        if kind == "execution_error":
-            node = f"{data.get('node_type')} (node {data.get('node_id')})"
-            return _api_name(str(data.get("exception_type", ""))), f"{data.get('exception_message', '').strip()} [{node}]"
-        if kind == "execution_interrupted":
-            return "PipelineError", "The run was cancelled in ComfyUI (interrupted) before it finished."
-    return "PipelineError", "ComfyUI reported the run as failed without an error message; see ComfyUI's log."
+    event = failure_event(status)
+    if event is None:
+        return "PipelineError", "ComfyUI reported the run as failed without an error message; see ComfyUI's log."
+    kind, data = event
+    if kind == "execution_interrupted":
+        return "PipelineError", "The run was cancelled in ComfyUI (interrupted) before it finished."
+    node = f"{data.get('node_type')} (node {data.get('node_id')})"
+    return _api_name(str(data.get("exception_type", ""))), f"{data.get('exception_message', '').strip()} [{node}]"
