@@ -33,8 +33,9 @@ def png_uri(size=(48, 64), colour=(200, 30, 30)) -> str:
 
 class FakeQueue:
     """Runs a job by writing what SaveImage would: one PNG per requested image, seeded colours.
-    A job is 'in_queue' for one poll and 'processing' for one, then done; ``fail`` makes it fail
-    the way ComfyUI reports a node's exception."""
+    A job is 'in_queue' for one poll, then 'processing' until a client has seen that status (so the
+    lifecycle test never races the poll loop), then done; ``fail`` makes it fail the way ComfyUI
+    reports a node's exception."""
 
     def __init__(self, root: Path):
         self.input_dir = root / "input"
@@ -44,6 +45,7 @@ class FakeQueue:
         self.graphs: dict[str, dict] = {}
         self.polls: dict[str, int] = {}
         self.forgotten: list[str] = []
+        self.seen: set[str] = set()  # statuses the test's client has read
         self.fail: tuple[str, str] | None = None
         self.refuse: str | None = None
         self.hold = asyncio.Event()
@@ -66,8 +68,13 @@ class FakeQueue:
             if not self.hold.is_set():
                 out[pid] = ("in_queue", None)
                 continue
-            self.polls[pid] = n + 1
-            out[pid] = ("in_queue", None) if n == 0 else ("processing", None) if n == 1 else ("done", self._run(pid))
+            if n == 0:
+                out[pid] = ("in_queue", None)
+            elif n == 1 or "processing" not in self.seen:
+                out[pid] = ("processing", None)
+            else:
+                out[pid] = ("done", self._run(pid))
+            self.polls[pid] = min(n + 1, 2)
         return out
 
     def _run(self, pid):
@@ -107,7 +114,10 @@ class Harness:
 
     async def status(self, pid, headers=None):
         response = await self.client.get(f"/v1/status/{pid}", headers=headers)
-        return response.status, await response.json()
+        body = await response.json()
+        if response.status == 200:
+            self.queue.seen.add(body["status"])
+        return response.status, body
 
     async def until_done(self, pid, timeout=10.0, headers=None):
         seen = []
