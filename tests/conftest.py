@@ -7,7 +7,6 @@ The repository root is a ComfyUI custom-node package whose folder name varies
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -26,42 +25,10 @@ def _register_package() -> None:
 
 _register_package()
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
 
 class NetworkBlocked(RuntimeError):
-    pass
-
-
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _host_of(address) -> str | None:
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return None  # AF_UNIX paths
-
-
-def _guarded_connect(self, address):
-    host = _host_of(address)
-    if host is not None and host not in LOOPBACK:
-        raise NetworkBlocked(f"test tried to connect to {address!r}; tests are offline")
-    return _real_connect(self, address)
-
-
-def _guarded_connect_ex(self, address):
-    host = _host_of(address)
-    if host is not None and host not in LOOPBACK:
-        raise NetworkBlocked(f"test tried to connect to {address!r}; tests are offline")
-    return _real_connect_ex(self, address)
-
-
-def _guarded_getaddrinfo(host, *args, **kwargs):
-    if host is not None and str(host) not in LOOPBACK:
-        raise NetworkBlocked(f"test tried to resolve {host!r}; tests are offline")
-    return _real_getaddrinfo(host, *args, **kwargs)
+    """A test tried to reach something other than loopback (a RuntimeError, so no OSError handler
+    in the code under test can swallow it)."""
 
 
 def pytest_configure(config):
@@ -70,16 +37,15 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
-    socket.socket.connect = _guarded_connect
-    socket.socket.connect_ex = _guarded_connect_ex
-    socket.getaddrinfo = _guarded_getaddrinfo
+    from netguard.loopback_guard import install
+
+    install(NetworkBlocked)
     try:
         import torch
 
         torch.set_flush_denormal(True)
     except ImportError:
         pass
-
 
 
 @pytest.fixture(scope="session")
