@@ -76,22 +76,19 @@ class FashnApi:
 
     # ------------------------------------------------------------------------------ routes
     def add_routes(self, routes: web.RouteTableDef) -> None:
-        routes.post("/v1/run")(_fashn_500(self.handle_run))
-        routes.get("/v1/status/{id}")(_fashn_500(self.handle_status))
-        routes.get("/v1/outputs/{id}/{name}")(_fashn_500(self.handle_output))
+        routes.post("/v1/run")(_fashn_errors(self.handle_run))
+        routes.get("/v1/status/{id}")(_fashn_errors(self.handle_status))
+        routes.get("/v1/outputs/{id}/{name}")(_fashn_errors(self.handle_output))
 
     async def handle_run(self, request: web.Request) -> web.Response:
+        self._authorize(request)
         try:
-            self._authorize(request)
-            try:
-                body = await request.json(loads=_strict_loads)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise bad_request(f"The body is not valid JSON ({exc}): send a JSON object with model_name and "
-                                  "inputs.") from None
-            run = parse_run_request(body, request.query.get("webhook_url"))
-            prediction = self.store.create(run, self._base_url(request))
-        except HttpError as exc:
-            return _error_response(exc)
+            body = await request.json(loads=_strict_loads)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request(f"The body is not valid JSON ({exc}): send a JSON object with model_name and "
+                              "inputs.") from None
+        run = parse_run_request(body, request.query.get("webhook_url"))
+        prediction = self.store.create(run, self._base_url(request))
         log.info("model-swap API: prediction %s accepted: %s", prediction.id, json.dumps(run.summary()))
         previous, mine = self._last_turn, asyncio.Event()
         self._last_turn = mine
@@ -99,23 +96,15 @@ class FashnApi:
         return web.json_response(run_response(prediction.id))
 
     async def handle_status(self, request: web.Request) -> web.Response:
-        try:
-            self._authorize(request)
-            prediction = self.store.get(request.match_info["id"])
-        except HttpError as exc:
-            return _error_response(exc)
-        return web.json_response(prediction.payload())
+        self._authorize(request)
+        return web.json_response(self.store.get(request.match_info["id"]).payload())
 
     async def handle_output(self, request: web.Request) -> web.StreamResponse:
         """An output image of a URL-mode prediction. The id (random, 122 bits) is the capability,
         like FASHN's CDN links; only files recorded for that prediction are served."""
-        try:
-            prediction = self.store.get(request.match_info["id"])
-            path = prediction.files.get(request.match_info["name"])
-            if path is None:
-                raise HttpError(404, "NotFound", "No such output for this prediction.")
-        except HttpError as exc:
-            return _error_response(exc)
+        path = self.store.get(request.match_info["id"]).files.get(request.match_info["name"])
+        if path is None:
+            raise HttpError(404, "NotFound", "No such output for this prediction.")
         ext = path.suffix.lstrip(".")
         return web.Response(body=path.read_bytes(), content_type=MIME.get(ext, "application/octet-stream"),
                             headers={"Cache-Control": "private, max-age=3600"})
@@ -318,12 +307,15 @@ class FashnApi:
 
 # -------------------------------------------------------------------------------- helpers
 
-def _fashn_500(handler):
-    """An unexpected error in a handler answers FASHN's 500 body, not aiohttp's HTML page."""
+def _fashn_errors(handler):
+    """A handler's ``HttpError`` answers FASHN's error body with its status; an unexpected error
+    answers FASHN's 500 body, not aiohttp's HTML page."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
+        except HttpError as exc:
+            return _error_response(exc)
         except web.HTTPException:
             raise
         except Exception as exc:  # noqa: BLE001
