@@ -15,9 +15,9 @@ from comfy_api.latest import io
 
 from . import comfy_glue as glue
 from .loader_nodes import FaceAnalyzerType, GeneratorType, ParserType
+from .pipeline.contract import MODES, SEED_MAX
 
 JobType = io.Custom("MODELSWAP_JOB")
-SEED_MAX = 2**32 - 1
 DEFAULT_CLASSES = "face, hair, torso, arms, hands, legs, feet"
 OUTPUT_SIZES = {"1k": "processing", "2k": "2k", "4k": "4k", "native": "native"}
 
@@ -207,7 +207,7 @@ class FaceRefine(io.ComfyNode):
             inputs=[
                 GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
                 JobType.Input("job", tooltip="From ModelSwapSampler."),
-                io.Combo.Input("face_reference_mode", options=["match_reference", "match_base"],
+                io.Combo.Input("face_reference_mode", options=list(MODES),
                                default="match_reference",
                                tooltip="match_reference: the reference face's features and expression dominate. "
                                        "match_base: keep the source's head angle, gaze and expression."),

@@ -12,11 +12,11 @@ import math
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
+from ..pipeline.contract import MODES, SEED_MAX
+
 MODEL_NAME = "model-swap"
-SEED_MAX = 2**32 - 1
 STATUSES = ("starting", "in_queue", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
-MODES = ("match_base", "match_reference")
 FORMATS = ("png", "jpeg")
 GENERATION_MODES = ("fast", "balanced", "quality")
 RESOLUTIONS = ("1k", "2k", "4k")

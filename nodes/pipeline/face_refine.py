@@ -26,10 +26,10 @@ import numpy as np
 
 from . import sampler
 from .compositing import composite, match_colour, soft_paste_mask
+from .contract import MODES
 from .errors import InputValidationError
 from .images import resize
 
-MODES = ("match_base", "match_reference")
 
 
 @dataclass

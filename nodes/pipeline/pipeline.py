@@ -19,11 +19,11 @@ from . import masks as masks_mod
 from . import sampler
 from .compositing import composite, to_native
 from .errors import InputValidationError
-from .face_refine import MODES, RefineSettings, refine_faces
+from .contract import MODES, SEED_MAX
+from .face_refine import RefineSettings, refine_faces
 from .images import MAX_PIXELS, as_mask, as_rgb_uint8, pad_to_multiple, processing_size, resize
 from .prompting import NEGATIVE_PROMPT, framing_of, prompts_for, skin_tone_of
 
-SEED_MAX = 2**32 - 1
 # "processing": FASHN's <= 1.05 MP; "native": the input's size; "2k"/"4k": the input's size with the
 # long side capped at 2048/4096 (FASHN's resolution setting).
 OUTPUT_SIZES = ("processing", "native", "2k", "4k")

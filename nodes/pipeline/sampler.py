@@ -17,11 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import ip_adapter
+from .contract import SEED_MAX
 from .errors import ImageLoadError, InputValidationError
 from .images import SIDE_MULTIPLE, as_mask, as_rgb_uint8
 
 MAX_IMAGES = 4
-SEED_MAX = 2**32 - 1
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
 MAX_CONTROLNET_SCALE = 2.0
