@@ -22,10 +22,13 @@ UNET_KWARGS = dict(
     addition_embed_type="text_time",
     addition_time_embed_dim=8,
     transformer_layers_per_block=(1, 2),
-    projection_class_embeddings_input_dim=80,  # 6 * 8 time ids + 32 pooled
-    cross_attention_dim=64,
+    projection_class_embeddings_input_dim=80,  # 6 * 8 time ids + 32 pooled (text_encoder_2's projection)
+    cross_attention_dim=80,  # 32 (CLIP-L-like) + 48 (OpenCLIP-G-like) hidden states, concatenated as in SDXL
 )
-CROSS_ATTENTION_DIM = 64
+CROSS_ATTENTION_DIM = 80
+# The two text encoders differ in width like SDXL's (768 / 1280): diffusers' single-file loader tells
+# CLIP-L from OpenCLIP-G by it.
+TEXT_ENCODER_WIDTHS = (32, 48)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -63,11 +66,11 @@ def write_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None:
     )
 
 
-def text_encoder_config():
+def text_encoder_config(hidden_size: int = TEXT_ENCODER_WIDTHS[0]):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
+        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
         vocab_size=1000, projection_dim=32, bos_token_id=514, eos_token_id=515, pad_token_id=515,
     )
 
@@ -91,7 +94,7 @@ def build_components(in_channels: int = 9, seed: int = 0) -> dict:
         sample_size=128,
     )
     te1 = CLIPTextModel(text_encoder_config())
-    te2 = CLIPTextModelWithProjection(text_encoder_config())
+    te2 = CLIPTextModelWithProjection(text_encoder_config(TEXT_ENCODER_WIDTHS[1]))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         steps_offset=1, timestep_spacing="leading",
