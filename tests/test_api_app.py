@@ -40,8 +40,8 @@ class FakeQueue:
     def __init__(self, root: Path):
         self.input_dir = root / "input"
         self.output_dir = root / "output"
-        self.input_dir.mkdir(parents=True)
-        self.output_dir.mkdir(parents=True)
+        self.input_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.graphs: dict[str, dict] = {}
         self.polls: dict[str, int] = {}
         self.forgotten: list[str] = []
@@ -50,8 +50,14 @@ class FakeQueue:
         self.refuse: str | None = None
         self.hold = asyncio.Event()
         self.hold.set()
+        self.gate = asyncio.Event()  # cleared: submit waits (the test then sees who queues up behind)
+        self.gate.set()
+        self.submitting = asyncio.Event()  # set while a submit waits at the gate
 
     async def submit(self, graph, prompt_id):
+        if not self.gate.is_set():
+            self.submitting.set()
+            await self.gate.wait()
         if self.refuse:
             raise BackendError(self.refuse)
         for node in graph.values():
@@ -133,17 +139,19 @@ class Harness:
         raise AssertionError(f"prediction {pid} did not finish: {seen}")
 
 
-def serve(tmp_path, scenario, *, config: ApiConfig | None = None, fetch=None, post_json=None):
-    """Run ``scenario(harness)`` against a live aiohttp server on 127.0.0.1 with the fake queue."""
+def serve(tmp_path, scenario, *, config: ApiConfig | None = None, fetch=None, post_json=None, store=None):
+    """Run ``scenario(harness)`` against a live aiohttp server on 127.0.0.1 with the fake queue;
+    ``store(queue)`` makes the prediction store (default: SQLite in memory)."""
 
     async def main():
         queue = FakeQueue(tmp_path)
         kwargs = {k: v for k, v in (("fetch", fetch), ("post_json", post_json)) if v is not None}
-        api = FashnApi(config or ApiConfig(), queue, **kwargs)
+        api = FashnApi(config or ApiConfig(), queue, None if store is None else store(queue), **kwargs)
         routes = web.RouteTableDef()
         api.add_routes(routes)
         application = web.Application()
         application.add_routes(routes)
+        api.start()
         async with TestClient(TestServer(application, host="127.0.0.1")) as client:
             try:
                 return await scenario(Harness(client, api, queue))
@@ -382,24 +390,47 @@ def test_config_from_env_reads_every_setting_and_names_bad_values():
         ApiConfig.from_env({"MODELSWAP_API_FETCH_ALLOW": "not a network/99"})
 
 
-def test_predictions_enter_the_queue_in_order_of_arrival_even_when_an_earlier_image_is_slower(tmp_path):
+def test_a_hanging_url_delays_only_its_own_prediction_and_ready_ones_enter_in_order_of_arrival(tmp_path):
+    """P0's URL hangs; P1 (data URI) is being queued while P2 and P3 get ready, P3 before P2
+    (its URL answers first): P2 still enters ComfyUI's queue before P3, and all four complete
+    while P0 is still starting."""
     photo = base64.b64decode(png_uri().split(",", 1)[1])
+    answer = {"hang": asyncio.Event(), "p2": asyncio.Event(), "p3": asyncio.Event()}
+    fetched = []
 
-    async def slow_fetch(url, **kwargs):
-        await asyncio.sleep(0.3)
+    async def fetch(url, **kwargs):
+        name = url.rsplit("/", 1)[1]
+        await answer[name].wait()
+        fetched.append(name)
         return photo, "image/png"
 
     async def scenario(h):
-        _, slow = await h.run({"model_image": "https://images.example/slow.png"})
-        _, quick = await h.run({"model_image": png_uri()})
-        _, bad = await h.run({"model_image": "data:image/png;base64,AAAA"})
-        _, last = await h.run({"model_image": png_uri()})
-        finals = [(await h.until_done(p["id"]))[0]["status"] for p in (slow, quick, bad, last)]
-        return [slow["id"], quick["id"], last["id"]], list(h.queue.graphs), finals
+        started = time.monotonic()
+        h.queue.gate.clear()
+        _, p0 = await h.run({"model_image": "https://slow.example/hang"})
+        _, p1 = await h.run({"model_image": png_uri()})
+        await asyncio.wait_for(h.queue.submitting.wait(), 10)  # P1 is being queued, not held behind P0
+        _, p2 = await h.run({"model_image": "https://images.example/p2"})
+        _, p3 = await h.run({"model_image": "https://images.example/p3"})
+        _, p4 = await h.run({"model_image": png_uri()})
+        answer["p3"].set()
+        while "p3" not in fetched:
+            await asyncio.sleep(0.01)
+        answer["p2"].set()
+        while len(h.api._ready) < 3:  # P2, P3 and P4 wait behind P1
+            await asyncio.sleep(0.01)
+        h.queue.gate.set()
+        finals = [(await h.until_done(p["id"]))[0]["status"] for p in (p1, p2, p3, p4)]
+        delay = time.monotonic() - started
+        hanging = (await h.status(p0["id"]))[1]["status"]
+        answer["hang"].set()
+        last = (await h.until_done(p0["id"]))[0]["status"]
+        return [p["id"] for p in (p1, p2, p3, p4, p0)], list(h.queue.graphs), finals, hanging, last, delay
 
-    expected, queued, finals = serve(tmp_path, scenario, fetch=slow_fetch)
-    assert queued == expected, (queued, expected)
-    assert finals == ["completed", "completed", "failed", "completed"]
+    ids, queued, finals, hanging, last, delay = serve(tmp_path, scenario, fetch=fetch)
+    print(f"four predictions behind a hanging URL completed after {delay:.2f} s")
+    assert finals == ["completed"] * 4 and hanging == "starting" and last == "completed"
+    assert queued == ids
 
 
 def test_expired_results_are_swept_without_any_request(tmp_path, monkeypatch):

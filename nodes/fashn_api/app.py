@@ -1,18 +1,20 @@
-"""The HTTP handlers and the life of a prediction, over a queue backend (ComfyUI's, or a fake in tests).
+"""The HTTP handlers and the life of a prediction, over a store and a queue backend.
 
-``POST /v1/run`` validates, creates a prediction (``starting``) and answers its id at once. A task
-then loads the images, fills the shipped workflow and queues it (``in_queue``); one watcher follows
-every queued prediction through ComfyUI's queue (``processing``) to its history entry, where the
-outputs are encoded (``completed``) or the error is named (``failed``). Results are kept for the
-configured time, then ``GET /v1/status/{id}`` answers 404 ``NotFound``.
+``POST /v1/run`` validates, writes the prediction to the store (``starting``) and answers its id.
+The store hands it to a worker (``run_job``: at once with SQLite, through the shared job queue
+with Redis). The worker loads the images (URL fetches run concurrently, bounded), fills the
+shipped workflow and queues it in ComfyUI as soon as its inputs are ready, in order of arrival
+among the ready ones (``in_queue``); one watcher follows every queued job to its history entry
+(``processing``), where the outputs are encoded (``completed``) or the error named (``failed``).
+Results are kept for the configured time, then ``GET /v1/status/{id}`` answers 404 ``NotFound``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import hmac
-import io
 import json
 import logging
 import shutil
@@ -25,16 +27,15 @@ from aiohttp import web
 from ..pipeline import errors as pipeline_errors
 from . import image_input, net
 from .config import ApiConfig
-from .predictions import Prediction, PredictionStore
+from .history import MIME, encode, history_error, inside
+from .predictions import Prediction, Store, restart_failure, scrub
 from .protocol import HttpError, bad_request, parse_run_request, run_response, runtime_error, unauthorized
-from ..workflow_runner import failure_event
 from .workflow_fill import fill, output_node
 
 log = logging.getLogger("comfyui_model_swap.api")
 WORK_FOLDER = "modelswap_api"  # under ComfyUI's input/ and output/
 POLL_S = 0.2
 SWEEP_S = 30.0
-MIME = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
 class BackendError(Exception):
@@ -59,20 +60,61 @@ class QueueBackend(Protocol):
 
 
 class FashnApi:
-    def __init__(self, config: ApiConfig, backend: QueueBackend, *,
+    def __init__(self, config: ApiConfig, backend: QueueBackend, store: Store | None = None, *,
                  fetch: Callable[..., Awaitable[tuple[bytes, str]]] = net.fetch,
                  post_json: Callable[..., Awaitable[bool]] = net.post_json):
         self.config = config
         self.backend = backend
         self.fetch = fetch
         self.post_json = post_json
-        self.store = PredictionStore(max_in_flight=config.max_in_flight, on_expire=self._remove_files)
-        self._queued: dict[str, Prediction] = {}
+        if store is None:
+            from .store_sqlite import SqliteStore
+
+            store = SqliteStore(":memory:", backend.output_dir / WORK_FOLDER, max_in_flight=config.max_in_flight)
+        self.store = store
+        self.files_kept = hasattr(store, "kept_ids")  # URL outputs stay in this ComfyUI's output folder
+        self._queued: dict[str, Prediction] = {}  # ComfyUI prompt id -> prediction
+        self._ended: dict[str, asyncio.Future] = {}  # prediction id -> resolved when it ends
+        self._ready: list[tuple[int, str, dict, asyncio.Future]] = []  # (arrival, id, graph, prompt id)
+        self._ready_event = asyncio.Event()
+        self._fetch_slots = asyncio.Semaphore(config.fetch_concurrency)
         self._watcher: asyncio.Task | None = None
+        self._submitter: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
+        self._started: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._last_turn = asyncio.Event()  # set when the latest accepted prediction is queued or failed
-        self._last_turn.set()
+
+    # ------------------------------------------------------------------------------ start-up
+    def start(self) -> asyncio.Task:
+        """Once, on the server's loop: wait for ComfyUI to answer, clean leftovers, start the store's
+        workers (resuming predictions accepted before a restart)."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        return self._started
+
+    async def _start(self) -> None:
+        ready = getattr(self.backend, "wait_ready", None)
+        if ready is not None:
+            await ready()
+        await self.cleanup_leftovers()
+        await self.store.start(self.run_job, self.deliver)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def cleanup_leftovers(self) -> None:
+        """Remove work folders of predictions that ended or are unknown (an earlier run's leftovers);
+        keep URL outputs still served and the folders of predictions still running (Redis workers
+        may share these folders)."""
+        kept = self.store.kept_ids() if self.files_kept else set()
+        for root in (self.backend.input_dir / WORK_FOLDER, self.backend.output_dir / WORK_FOLDER):
+            for folder in (root.iterdir() if root.is_dir() else []):
+                if folder.name in kept:
+                    continue
+                try:
+                    running = not (await self.store.get(folder.name)).done
+                except HttpError:
+                    running = False
+                if not running:
+                    _remove(folder)
 
     # ------------------------------------------------------------------------------ routes
     def add_routes(self, routes: web.RouteTableDef) -> None:
@@ -82,31 +124,25 @@ class FashnApi:
 
     async def handle_run(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        try:
-            body = await request.json(loads=_strict_loads)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"The body is not valid JSON ({exc}): send a JSON object with model_name and "
-                              "inputs.") from None
+        body = await _read_json(request)
         run = parse_run_request(body, request.query.get("webhook_url"))
-        prediction = self.store.create(run, self._base_url(request))
+        self.start()
+        prediction = await self.store.create(run, self._base_url(request))
         log.info("model-swap API: prediction %s accepted: %s", prediction.id, json.dumps(run.summary()))
-        previous, mine = self._last_turn, asyncio.Event()
-        self._last_turn = mine
-        self._spawn(self._start(prediction, previous, mine))
         return web.json_response(run_response(prediction.id))
 
     async def handle_status(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        return web.json_response(self.store.get(request.match_info["id"]).payload())
+        return web.json_response((await self.store.get(request.match_info["id"])).payload())
 
     async def handle_output(self, request: web.Request) -> web.StreamResponse:
         """An output image of a URL-mode prediction. The id (random, 122 bits) is the capability,
-        like FASHN's CDN links; only files recorded for that prediction are served."""
-        path = self.store.get(request.match_info["id"]).files.get(request.match_info["name"])
-        if path is None:
+        like FASHN's CDN links; only outputs recorded for that prediction are served."""
+        name = request.match_info["name"]
+        data = await self.store.read_output(request.match_info["id"], name)
+        if data is None:
             raise HttpError(404, "NotFound", "No such output for this prediction.")
-        ext = path.suffix.lstrip(".")
-        return web.Response(body=path.read_bytes(), content_type=MIME.get(ext, "application/octet-stream"),
+        return web.Response(body=data, content_type=MIME.get(name.rsplit(".", 1)[-1], "application/octet-stream"),
                             headers={"Cache-Control": "private, max-age=3600"})
 
     def _authorize(self, request: web.Request) -> None:
@@ -118,7 +154,12 @@ class FashnApi:
         if scheme.lower() != "bearer" or not given.strip():
             raise unauthorized("Missing API key: send the header 'Authorization: Bearer <key>' with the key set "
                                "in MODELSWAP_API_KEY on this server.")
-        if not hmac.compare_digest(given.strip().encode(), key.encode()):
+        try:
+            given_bytes = given.strip().encode()
+        except UnicodeEncodeError:  # aiohttp keeps undecodable header bytes as surrogates
+            raise unauthorized("The Authorization header is not valid UTF-8: send 'Authorization: Bearer <key>' "
+                               "with the key exactly as set in MODELSWAP_API_KEY.") from None
+        if not hmac.compare_digest(given_bytes, key.encode()):
             raise unauthorized("The API key is not valid for this server (MODELSWAP_API_KEY).")
 
     def _base_url(self, request: web.Request) -> str:
@@ -130,27 +171,23 @@ class FashnApi:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start(self, prediction: Prediction, previous: asyncio.Event, mine: asyncio.Event) -> None:
-        """Load the images and queue the workflow; any failure ends the prediction, nothing else.
-
-        Images load concurrently, but each prediction enters ComfyUI's queue only after the one
-        accepted before it (``previous``) did or failed, so the queue keeps the order of arrival."""
-        run = prediction.request
-        folder = f"{WORK_FOLDER}/{prediction.id}"
-        in_dir = self.backend.input_dir / WORK_FOLDER / prediction.id
-        prediction.work_dirs = [in_dir, self.backend.output_dir / WORK_FOLDER / prediction.id]
+    async def run_job(self, prediction: Prediction) -> None:
+        """Run one prediction to its end (a worker's whole job); any failure ends the prediction."""
+        ended = self._ended[prediction.id] = asyncio.get_running_loop().create_future()
+        prediction.attempts += 1
+        if prediction.attempts > self.config.max_attempts:
+            await self._end(prediction, "failed", error=restart_failure(prediction, self.config.max_attempts))
+            return
+        prediction.status = "starting"
+        await self.store.save(prediction)
         try:
-            sources = {"model": (run.model_image, "model_image")}
-            if run.face_reference is not None:
-                sources["face_reference"] = (run.face_reference, "face_reference")
-            names = {}
-            for role, (ref, what) in sources.items():
-                await self._load_image(ref, what, in_dir / f"{role}.png")
-                names[role] = f"{folder}/{role}.png"  # LoadImage's name, relative to ComfyUI's input folder
-            graph = fill(run, names, f"{folder}/raw")
-            prediction.output_node = output_node(graph)
-            await previous.wait()
-            prediction.prompt_id = await self.backend.submit(graph, prediction.id)
+            graph = await self._prepare(prediction)
+            prompt_id: asyncio.Future = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._ready, (prediction.seq, prediction.id, graph, prompt_id))
+            self._ready_event.set()
+            if self._submitter is None or self._submitter.done():
+                self._submitter = asyncio.get_running_loop().create_task(self._submit_ready())
+            prediction.prompt_id = await prompt_id
         except pipeline_errors.ModelSwapError as exc:
             await self._fail(prediction, exc.api_name, str(exc))
             return
@@ -161,15 +198,40 @@ class FashnApi:
             log.exception("model-swap API: prediction %s failed to start", prediction.id)
             await self._fail(prediction, "InternalServerError", f"{type(exc).__name__}: {exc}")
             return
-        finally:  # the next one may enter the queue once this one and every earlier one are settled
-            if previous.is_set():
-                mine.set()
-            else:
-                self._spawn(_pass_turn(previous, mine))
         prediction.status = "in_queue"
+        await self.store.save(prediction)
         self._queued[prediction.prompt_id] = prediction
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        await ended
+
+    async def _prepare(self, prediction: Prediction) -> dict:
+        """Write the input images as clean PNGs under ComfyUI's input folder; the filled graph."""
+        run, folder = prediction.request, f"{WORK_FOLDER}/{prediction.id}"
+        for root in (self.backend.input_dir, self.backend.output_dir):  # an earlier attempt's files
+            _remove(root / WORK_FOLDER / prediction.id)
+        sources = {"model": (run.model_image, "model_image")}
+        if run.face_reference is not None:
+            sources["face_reference"] = (run.face_reference, "face_reference")
+        names = {}
+        for role, (ref, what) in sources.items():
+            await self._load_image(ref, what, self.backend.input_dir / folder / f"{role}.png")
+            names[role] = f"{folder}/{role}.png"  # LoadImage's name, relative to ComfyUI's input folder
+        graph = fill(run, names, f"{folder}/raw")
+        prediction.output_node = output_node(graph)
+        return graph
+
+    async def _submit_ready(self) -> None:
+        """Queue ready predictions in ComfyUI, earliest arrival first."""
+        while True:
+            await self._ready_event.wait()
+            while self._ready:
+                _, prediction_id, graph, prompt_id = heapq.heappop(self._ready)
+                try:
+                    prompt_id.set_result(await self.backend.submit(graph, prediction_id))
+                except Exception as exc:  # noqa: BLE001 - the prediction reports it
+                    prompt_id.set_exception(exc)
+            self._ready_event.clear()
 
     async def _load_image(self, ref: str, what: str, dest: Path) -> None:
         """Fetch or decode one input image and write it to ``dest`` as a clean RGB PNG."""
@@ -177,8 +239,10 @@ class FashnApi:
             data, _ = image_input.split_data_uri(ref, what=what, max_bytes=self.config.fetch_max_bytes)
         else:
             try:
-                data, _ = await self.fetch(ref, policy=self.config.fetch_policy, max_bytes=self.config.fetch_max_bytes,
-                                           timeout_s=self.config.fetch_timeout_s)
+                async with self._fetch_slots:
+                    data, _ = await self.fetch(ref, policy=self.config.fetch_policy,
+                                               max_bytes=self.config.fetch_max_bytes,
+                                               timeout_s=self.config.fetch_timeout_s)
             except (net.UrlRefused, net.FetchError) as exc:
                 raise pipeline_errors.ImageLoadError(f"{what}: cannot fetch the image: {exc}") from None
         png = await asyncio.to_thread(self._normalise, data, what)
@@ -203,26 +267,26 @@ class FashnApi:
                 prediction = self._queued.get(pid)
                 if prediction is None:
                     continue
-                if state == "processing":
+                if state == "processing" and prediction.status != "processing":
                     prediction.status = "processing"
+                    self._spawn(self.store.save(prediction))
                 elif state == "done":
                     del self._queued[pid]
                     self._spawn(self._collect(prediction, entry or {}))
                 elif state == "gone":  # seen twice: not a race between the queue and history reads
                     if pid in gone_once:
                         del self._queued[pid]
-                        await self._fail(prediction, "PipelineError",
-                                         "The job was removed from ComfyUI's queue before it ran.")
+                        self._spawn(self._fail(prediction, "PipelineError",
+                                               "The job was removed from ComfyUI's queue before it ran."))
                     gone_once.add(pid)
 
     async def _collect(self, prediction: Prediction, entry: dict) -> None:
         try:
             status = entry.get("status") or {}
             if status.get("status_str") != "success":
-                name, message = _history_error(status)
-                await self._fail(prediction, name, message)
+                await self._fail(prediction, *history_error(status))
                 return
-            outputs = await asyncio.to_thread(self._encode_outputs, prediction, entry)
+            outputs = await self._outputs(prediction, entry)
         except Exception as exc:  # noqa: BLE001
             log.exception("model-swap API: prediction %s: reading the outputs failed", prediction.id)
             await self._fail(prediction, "InternalServerError", f"Reading the outputs failed: {exc}")
@@ -231,30 +295,33 @@ class FashnApi:
             await self._forget_history(prediction)
         await self._end(prediction, "completed", output=outputs)
 
-    def _encode_outputs(self, prediction: Prediction, entry: dict) -> list[str]:
-        from PIL import Image
-
+    async def _outputs(self, prediction: Prediction, entry: dict) -> list[str]:
         run = prediction.request
         images = (entry.get("outputs") or {}).get(prediction.output_node, {}).get("images", [])
         if len(images) != run.num_images:
             raise RuntimeError(f"the workflow saved {len(images)} images, {run.num_images} were asked for")
-        out_dir = self.backend.output_dir / WORK_FOLDER / prediction.id
         result = []
         for i, info in enumerate(images):
-            source = _inside(self.backend.output_dir, Path(info.get("subfolder", "")) / info["filename"])
-            with Image.open(source) as img:
-                img.load()
-                data = _encode(img.convert("RGB"), run.output_format)
-            source.unlink()
+            data = await asyncio.to_thread(self._reencode, Path(info.get("subfolder", "")) / info["filename"],
+                                           run.output_format)
             if run.return_base64:
                 result.append(f"data:{MIME[run.output_format]};base64,{base64.b64encode(data).decode()}")
             else:
                 name = f"output_{i}.{run.output_format}"
-                out_dir.mkdir(parents=True, exist_ok=True)
-                (out_dir / name).write_bytes(data)
-                prediction.files[name] = out_dir / name
+                await self.store.put_output(prediction, name, data, self.config.keep_url_outputs_s)
+                prediction.outputs.append(name)
                 result.append(f"{prediction.base_url}/v1/outputs/{prediction.id}/{name}")
         return result
+
+    def _reencode(self, relative: Path, fmt: str) -> bytes:
+        from PIL import Image
+
+        source = inside(self.backend.output_dir, relative)
+        with Image.open(source) as img:
+            img.load()
+            data = encode(img.convert("RGB"), fmt)
+        source.unlink()
+        return data
 
     async def _forget_history(self, prediction: Prediction) -> None:
         try:
@@ -268,41 +335,41 @@ class FashnApi:
 
     async def _end(self, prediction: Prediction, status: str, *, output: list[str] | None = None,
                    error: dict | None = None) -> None:
-        """Remove the inputs (and, for base64 or a failure, every file) first, then publish the final
+        """Remove the inputs (and every file but kept URL outputs) first, then record the final
         status, kept for the retention time, and send the webhook."""
         run = prediction.request
         _remove(self.backend.input_dir / WORK_FOLDER / prediction.id)
-        if run.return_base64 or status == "failed":
+        if run.return_base64 or status == "failed" or not self.files_kept:
             _remove(self.backend.output_dir / WORK_FOLDER / prediction.id)
         prediction.output, prediction.error, prediction.status = output, error, status
-        self.store.finish(prediction, keep_s=self.config.keep_base64_s if run.return_base64
-                          else self.config.keep_url_outputs_s)
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        if prediction.request.webhook_url:
-            self._spawn(self.post_json(prediction.request.webhook_url, prediction.payload(),
-                                       policy=self.config.fetch_policy, attempts=self.config.webhook_attempts))
+        keep_s = self.config.keep_base64_s if run.return_base64 else self.config.keep_url_outputs_s
+        first = await self.store.finish(prediction, keep_s)
+        prediction.request = scrub(run)
+        if first and run.webhook_url:
+            self._spawn(self.deliver(prediction, run.webhook_url))
+        ended = self._ended.pop(prediction.id, None)
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
+    async def deliver(self, prediction: Prediction, url: str | None = None) -> None:
+        """POST the final status to the webhook (retrying); recorded as sent whatever the outcome,
+        so only a crash during delivery makes it be sent again after a restart."""
+        await self.post_json(url or prediction.request.webhook_url, prediction.payload(),
+                             policy=self.config.fetch_policy, attempts=self.config.webhook_attempts)
+        await self.store.webhook_sent(prediction)
 
     async def _sweep(self) -> None:
         """Expire results on time even when no request comes in (their files go with them)."""
-        while self.store.all():
+        sweep = getattr(self.store, "sweep", None)
+        while sweep is not None:
             await asyncio.sleep(SWEEP_S)
-            self.store.sweep()
-
-    @staticmethod
-    def _remove_files(prediction: Prediction) -> None:
-        for folder in prediction.work_dirs:
-            _remove(folder)
-
-    def cleanup_leftovers(self) -> None:
-        """At start-up: inputs and outputs of predictions from an earlier run are unreachable; remove them."""
-        for root in (self.backend.input_dir, self.backend.output_dir):
-            _remove(root / WORK_FOLDER)
+            sweep()
 
     async def close(self) -> None:
-        for task in [*self._tasks, self._watcher, self._sweeper]:
+        for task in [*self._tasks, self._watcher, self._sweeper, self._submitter, self._started]:
             if task is not None:
                 task.cancel()
+        await self.store.close()
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -315,73 +382,40 @@ def _fashn_errors(handler):
         try:
             return await handler(request)
         except HttpError as exc:
-            return _error_response(exc)
+            return web.json_response(exc.body(), status=exc.status)
         except web.HTTPException:
             raise
         except Exception as exc:  # noqa: BLE001
             log.exception("model-swap API: %s %s failed", request.method, request.path)
-            return _error_response(HttpError(500, "InternalServerError", f"{type(exc).__name__}: {exc}"))
+            return web.json_response(HttpError(500, "InternalServerError", f"{type(exc).__name__}: {exc}").body(),
+                                     status=500)
 
     wrapped.__name__ = handler.__name__
     return wrapped
 
 
-async def _pass_turn(previous: asyncio.Event, mine: asyncio.Event) -> None:
-    await previous.wait()
-    mine.set()
+async def _read_json(request: web.Request):
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        size = f"{request.content_length:,} bytes" if request.content_length else "too large"
+        raise HttpError(413, "PayloadTooLarge",
+                        f"The request body is {size}: {exc.text} Send the images as http(s) URLs, or smaller "
+                        "data URIs (JPEG or WEBP), or start ComfyUI with a larger --max-upload-size (in MB)."
+                        ) from None
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise bad_request("The JSON body is nested too deeply to read: send a flat object "
+                          '{"model_name": "model-swap", "inputs": {...}}.') from None
+    except ValueError as exc:
+        raise bad_request(f"The body is not valid JSON ({exc}): send a JSON object with model_name and "
+                          "inputs.") from None
 
 
-def _strict_loads(text: str):
-    def refuse_constant(name):
-        raise ValueError(f"{name} is not valid JSON")
-
-    return json.loads(text, parse_constant=refuse_constant)
-
-
-def _error_response(exc: HttpError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status)
-
-
-def _encode(image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "jpeg":
-        image.save(buf, format="JPEG", quality=95)
-    else:
-        image.save(buf, format="PNG", compress_level=4)
-    return buf.getvalue()
-
-
-def _inside(root: Path, relative: Path) -> Path:
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise RuntimeError(f"output path {relative} is outside ComfyUI's output folder")
-    return path
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
-
-
-_API_NAMES = {}
-
-
-def _api_name(exception_type: str) -> str:
-    """FASHN error name for an exception class name from ComfyUI's history (module path ignored)."""
-    if not _API_NAMES:
-        stack = [pipeline_errors.ModelSwapError]
-        while stack:
-            cls = stack.pop()
-            _API_NAMES[cls.__name__] = cls.api_name
-            stack.extend(cls.__subclasses__())
-    return _API_NAMES.get(exception_type.rsplit(".", 1)[-1], "PipelineError")
-
-
-def _history_error(status: dict) -> tuple[str, str]:
-    event = failure_event(status)
-    if event is None:
-        return "PipelineError", "ComfyUI reported the run as failed without an error message; see ComfyUI's log."
-    kind, data = event
-    if kind == "execution_interrupted":
-        return "PipelineError", "The run was cancelled in ComfyUI (interrupted) before it finished."
-    node = f"{data.get('node_type')} (node {data.get('node_id')})"
-    return _api_name(str(data.get("exception_type", ""))), f"{data.get('exception_message', '').strip()} [{node}]"

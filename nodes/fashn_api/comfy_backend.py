@@ -3,6 +3,7 @@ exactly as the graph editor's do, so API jobs and editor jobs share the GPU in o
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,21 @@ class ComfyBackend:
                 return response.status, json.loads(text) if text else None
             except json.JSONDecodeError:
                 return response.status, text
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Until this ComfyUI answers on its port (the API starts before the server listens)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            try:
+                status, _ = await self._call("GET", "/queue")
+                if status == 200:
+                    return
+            except (aiohttp.ClientError, OSError, AttributeError):  # AttributeError: no port chosen yet
+                pass
+            if loop.time() > end:
+                raise BackendError(f"ComfyUI did not answer at {self._server_url()} within {timeout_s:.0f} s.")
+            await asyncio.sleep(0.2)
 
     async def submit(self, graph: dict, prompt_id: str) -> str:
         status, body = await self._call("POST", "/prompt", {"prompt": graph, "prompt_id": prompt_id,

@@ -25,6 +25,13 @@ class ApiConfig:
     fetch_policy: UrlPolicy = field(default_factory=UrlPolicy)
     public_url: str = ""  # base of output URLs; empty: the scheme and Host of the request
     webhook_attempts: int = 4
+    fetch_concurrency: int = 8  # URL fetches at once; a slow host delays only its own prediction
+    store_path: str = ""  # SQLite file; empty: <ComfyUI user directory>/modelswap_api/predictions.sqlite3
+    redis_url: str = ""  # set: predictions and jobs are shared through this Redis server
+    redis_prefix: str = "modelswap"
+    worker_slots: int = 2  # Redis mode: jobs this instance holds at once (one running, one ready)
+    claim_s: float = 60.0  # Redis mode: a job whose worker stops renewing its claim this long is taken over
+    max_attempts: int = 3  # times a prediction is started before a restart fails it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ApiConfig":
@@ -64,4 +71,18 @@ class ApiConfig:
             fetch_policy=policy,
             public_url=(get("PUBLIC_URL") or "").rstrip("/"),
             webhook_attempts=number("WEBHOOK_ATTEMPTS", int, d.webhook_attempts, 1),
+            fetch_concurrency=number("FETCH_CONCURRENCY", int, d.fetch_concurrency, 1),
+            store_path=get("STORE") or "",
+            redis_url=_redis_url(get("REDIS_URL") or ""),
+            redis_prefix=get("REDIS_PREFIX") or d.redis_prefix,
+            worker_slots=number("WORKER_SLOTS", int, d.worker_slots, 1),
+            claim_s=number("CLAIM_S", float, d.claim_s, 0.5),
+            max_attempts=number("MAX_ATTEMPTS", int, d.max_attempts, 1),
         )
+
+
+def _redis_url(value: str) -> str:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{PREFIX}REDIS_URL={value!r} is not a Redis URL: use redis://host:6379/0 "
+                         "(or rediss:// for TLS, unix:///path/to/redis.sock).")
+    return value

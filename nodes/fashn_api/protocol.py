@@ -91,6 +91,11 @@ def runtime_error(name: str, message: str) -> dict:
 # --------------------------------------------------------------------------------- validation
 
 _TOP_LEVEL = {"model_name", "inputs", "webhook_url"}
+# Client-side options of FASHN's TypeScript SDK (npm fashn 0.11): ``predictions.subscribe`` sends its
+# whole parameter object as the body of POST /v1/run, so these polling settings arrive with it. They
+# mean nothing to the server and are ignored. (Its callbacks, onEnqueued and onQueueUpdate, are
+# functions, which JSON leaves out; the Python SDK 0.9 sends none of its options in the body.)
+SDK_CLIENT_FIELDS = frozenset({"pollInterval", "timeout", "maxRetries"})
 _INPUTS = {"model_image", "prompt", "face_reference", "face_reference_mode", "seed", "num_images",
            "output_format", "return_base64", "generation_mode", "resolution", "aspect_ratio"}
 
@@ -102,7 +107,7 @@ def parse_run_request(body: object, webhook_query: str | None = None) -> RunRequ
     accepted in the body."""
     if not isinstance(body, dict):
         raise bad_request('The body must be a JSON object: {"model_name": "model-swap", "inputs": {...}}.')
-    unknown = sorted(set(body) - _TOP_LEVEL)
+    unknown = sorted(set(body) - _TOP_LEVEL - SDK_CLIENT_FIELDS)
     if unknown:
         raise bad_request(f"Unknown field(s) {', '.join(map(repr, unknown))} in the body: the body takes model_name, "
                           "inputs and optionally webhook_url.")

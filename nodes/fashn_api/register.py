@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 
 from .config import ApiConfig
 
@@ -56,16 +57,44 @@ def register() -> None:
     from comfy.cli_args import args
     from server import PromptServer
 
-    from .app import FashnApi
+    from .app import WORK_FOLDER, FashnApi
     from .comfy_backend import ComfyBackend
 
     server = PromptServer.instance
-    api = FashnApi(config, ComfyBackend.for_prompt_server(server))
-    api.cleanup_leftovers()
+    backend = ComfyBackend.for_prompt_server(server)
+    try:
+        store = make_store(config, backend.output_dir / WORK_FOLDER)
+    except Exception as exc:  # noqa: BLE001 - a bad store setting must not stop ComfyUI
+        log.error("Model Swap API disabled: cannot open the prediction store: %s", exc)
+        return
+    api = FashnApi(config, backend, store)
     api.add_routes(server.routes)
+
+    async def on_startup(app):
+        api.start()  # resumes predictions accepted before a restart once ComfyUI answers
+
+    server.app.on_startup.append(on_startup)
     _API = api
     warning = exposure_warning(getattr(args, "listen", None), config)
     if warning:
         log.warning(warning)
-    log.info("Model Swap API: POST /v1/run, GET /v1/status/{id} (FASHN protocol, model-swap)%s.",
+    log.info("Model Swap API: POST /v1/run, GET /v1/status/{id} (FASHN protocol, model-swap), predictions in "
+             "%s%s.", config.redis_url.split("@")[-1] if config.redis_url else store.path,
              "" if config.api_key else "; no API key set")
+
+
+def make_store(config: ApiConfig, output_root):
+    """The store the settings choose: Redis when MODELSWAP_API_REDIS_URL is set, else SQLite."""
+    if config.redis_url:
+        from .store_redis import RedisStore
+
+        return RedisStore(config.redis_url, prefix=config.redis_prefix, max_in_flight=config.max_in_flight,
+                          slots=config.worker_slots, claim_s=config.claim_s,
+                          keep_running_s=config.keep_url_outputs_s)
+    import folder_paths
+
+    from .store_sqlite import SqliteStore
+
+    path = config.store_path or os.path.join(folder_paths.get_user_directory(), "modelswap_api",
+                                             "predictions.sqlite3")
+    return SqliteStore(path, output_root, max_in_flight=config.max_in_flight)
