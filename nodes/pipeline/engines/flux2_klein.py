@@ -1,0 +1,489 @@
+"""FLUX.2 [klein] 4B (Apache-2.0): 4-step inpainting with identity from a reference image.
+
+Loads either the published diffusers folder (``models/diffusers/FLUX.2-klein-4B``) or the single
+files ComfyUI users have (transformer in ``models/diffusion_models``, bf16 or FP8; Qwen3-4B in
+``models/text_encoders``; the FLUX.2 VAE in ``models/vae``). Single files are read with the
+configs and the Qwen tokenizer shipped in ``configs/flux2_klein_4b`` (never the hub):
+the transformer through diffusers' ``from_single_file`` (it converts BFL's key layout), the
+text encoder and the VAE (no single-file entry in diffusers 0.42) as state dicts into models
+built from those configs.
+
+Sampling is diffusers' ``Flux2KleinInpaintPipeline``. What this module adds around it:
+- All seeds in one batch, one CPU generator per image: the pipeline draws image i's noise from
+  generator i alone and encodes the source with the VAE's mode (no sampling), so image i of a
+  batch equals the single run at seeds[i].
+- The source is VAE-encoded here and handed over as latents, so the pipeline never rescales it.
+- Per-pixel soft masks (base.py): the pipeline blends with a binary mask; when the mask is not
+  binary, ``callback_on_step_end`` holds every token whose strength has not yet reached the
+  current step's threshold at the source noised to the next sigma, with the same per-seed noise.
+- The text encoder lives on the CPU between prompts: it is moved to the device to encode, moved
+  back, and prompt embeddings are cached per prompt. Model CPU offload covers the rest.
+- FP8 transformer files (``float8_e4m3fn`` weights) stay FP8 in memory and compute in the
+  engine dtype through diffusers' layerwise casting; FP8 files with per-tensor scales
+  (ComfyUI's "scaled fp8") are dequantised to the engine dtype instead, because re-casting
+  scaled values to FP8 without their scale would lose precision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputValidationError, MissingModelError
+from . import common
+from .base import Capabilities, InpaintRequest, StepCallback, is_binary, strength_thresholds
+
+CAPABILITIES = Capabilities(
+    name="flux2_klein",
+    reference_image=True,
+    embedding_identity=False,
+    controlnet=False,
+    guidance=False,  # step-distilled: is_distilled makes the pipeline ignore guidance_scale
+    default_steps=4,  # the distilled schedule
+    # FaceRefine runs at partial strength: 4 steps there would leave 1-3 actual steps, too few
+    # for a face at work size; 4 steps actually run keeps the distilled model in its schedule.
+    default_refine_steps=4,
+    work_size=1024,  # 1 MP: the pipeline's own ceiling for the image and the reference
+    side_multiple=16,  # VAE 8x and 2x2 latent patches
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flux2_klein_4b"
+TEXT_ENCODER_LAYERS = (9, 18, 27)  # hidden states the klein pipelines stack (diffusers' default)
+MAX_SEQUENCE_LENGTH = 512
+PROMPT_CACHE_SIZE = 32
+FOLDER_FILES = ("model_index.json", "transformer/config.json", "text_encoder/config.json",
+                "tokenizer", "vae/config.json", "scheduler/scheduler_config.json")
+
+# Where each file is published, for messages. The pack's model table (model_files.MODELS) wins
+# when it has the key.
+_PUBLISHED = {
+    "flux2_klein": ("diffusers", "FLUX.2-klein-4B", "https://huggingface.co/black-forest-labs/FLUX.2-klein-4B"),
+    "flux2_klein_transformer": ("diffusion_models", "flux-2-klein-4b.safetensors",
+                                "https://huggingface.co/Comfy-Org/flux2-klein (split_files/diffusion_models); FP8: "
+                                "flux-2-klein-4b-fp8.safetensors from https://huggingface.co/black-forest-labs/FLUX.2-klein-4b-fp8"),
+    "flux2_klein_text_encoder": ("text_encoders", "qwen_3_4b.safetensors",
+                                 "https://huggingface.co/Comfy-Org/flux2-klein (split_files/text_encoders)"),
+    "flux2_klein_vae": ("vae", "flux2-vae.safetensors", "https://huggingface.co/Comfy-Org/flux2-klein (split_files/vae)"),
+}
+
+
+def _published(key: str) -> tuple[str, str, str]:
+    from .. import model_files
+
+    spec = model_files.MODELS.get(key)
+    return (spec.folder, spec.name, spec.source) if spec is not None else _PUBLISHED[key]
+
+
+def _missing(key: str, path: Path | None, problem: str) -> MissingModelError:
+    folder, name, source = _published(key)
+    where = f" ({path})" if path is not None else ""
+    return MissingModelError(
+        f"FLUX.2 klein 4B: {problem}{where}. Place '{name}' in ComfyUI/models/{folder}/ (download from {source}).",
+        folder=f"models/{folder}", filename=name, source=source)
+
+
+@dataclass(frozen=True)
+class Files:
+    """What to load: a diffusers ``folder``, or the three single files.
+
+    ``configs`` is the folder of configs and tokenizer used with single files (the pack's
+    FLUX.2 klein 4B configs unless a caller, such as a test, names another in the same layout).
+    """
+
+    folder: Path | None = None
+    transformer: Path | None = None
+    text_encoder: Path | None = None
+    vae: Path | None = None
+    configs: Path = CONFIG_DIR
+
+    def describe(self) -> str:
+        if self.folder is not None:
+            return str(self.folder)
+        return ", ".join(str(p) for p in (self.transformer, self.text_encoder, self.vae))
+
+
+def check_files(files: Files) -> None:
+    """Every file and folder ``files`` names exists; MissingModelError naming it otherwise."""
+    singles = (files.transformer, files.text_encoder, files.vae)
+    if files.folder is not None:
+        if any(p is not None for p in singles):
+            raise InputValidationError(
+                "FLUX.2 klein: give either a diffusers folder or the three single files, not both.")
+        folder = Path(files.folder)
+        if not folder.is_dir():
+            raise _missing("flux2_klein", folder, "the diffusers folder does not exist")
+        for rel in FOLDER_FILES:
+            if not (folder / rel).exists():
+                raise _missing("flux2_klein", folder / rel, f"the diffusers folder lacks {rel}")
+        return
+    for key, path in zip(("flux2_klein_transformer", "flux2_klein_text_encoder", "flux2_klein_vae"), singles):
+        if path is None:
+            raise _missing(key, None, f"no {key.removeprefix('flux2_klein_').replace('_', ' ')} file was given")
+        if not Path(path).is_file():
+            raise _missing(key, Path(path), "the file does not exist")
+        if not str(path).lower().endswith((".safetensors", ".sft")):
+            raise InputValidationError(
+                f"FLUX.2 klein single files must be .safetensors ({path}); other formats are not read.")
+    configs = Path(files.configs)
+    for rel in ("transformer/config.json", "text_encoder/config.json", "tokenizer", "vae/config.json",
+                "scheduler/scheduler_config.json"):
+        if not (configs / rel).exists():
+            raise MissingModelError(
+                f"The pack's FLUX.2 klein configs are incomplete: {configs / rel} is missing. Reinstall the pack.",
+                folder=str(configs), filename=rel, source="this pack")
+
+
+# --------------------------------------------------------------------------- single-file readers
+
+
+def _read_safetensors(key: str, path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise _missing(key, path, f"the file cannot be read as safetensors ({type(exc).__name__}: {exc}); "
+                                  "it is incomplete or not a safetensors file, download it again") from exc
+
+
+def _strip_prefix(state: dict, prefixes: tuple[str, ...]) -> dict:
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _dequantize_fp8(state: dict) -> tuple[dict, bool]:
+    """(state dict, was plain FP8). Scaled FP8 (a ``*.weight_scale``/``*.scale_weight`` beside a
+    weight) is multiplied out; activation scales and quantisation metadata are dropped."""
+    import torch
+
+    fp8 = {torch.float8_e4m3fn, torch.float8_e5m2}
+    has_fp8 = any(v.dtype in fp8 for v in state.values())
+    scale_keys = [k for k in state if k.endswith((".weight_scale", ".scale_weight"))]
+    if not has_fp8:
+        return state, False
+    out = {}
+    for k, v in state.items():
+        if k.endswith((".weight_scale", ".scale_weight", ".input_scale", ".scale_input", "comfy_quant")):
+            continue
+        if v.dtype in fp8 and scale_keys:
+            base = k[: -len(".weight")] if k.endswith(".weight") else k
+            scale = state.get(base + ".weight_scale", state.get(base + ".scale_weight"))
+            v = v.to(torch.float32) * (scale.to(torch.float32) if scale is not None else 1.0)
+        out[k] = v
+    return out, not scale_keys
+
+
+def _load_transformer_file(path: Path, configs: Path, dtype):
+    from diffusers import Flux2Transformer2DModel
+
+    key = "flux2_klein_transformer"
+    state = _strip_prefix(_read_safetensors(key, path), ("model.diffusion_model.", "diffusion_model."))
+    if "single_stream_modulation.lin.weight" not in state:
+        raise _missing(key, path, "the file is not a FLUX.2 transformer in BFL's layout (no "
+                                  "single_stream_modulation.lin.weight)")
+    config = json.loads((configs / "transformer" / "config.json").read_text())
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    img_in = state.get("img_in.weight")
+    if img_in is None or tuple(img_in.shape) != (hidden, config["in_channels"]):
+        shape = None if img_in is None else tuple(img_in.shape)
+        raise _missing(key, path, f"the transformer's width does not match FLUX.2 klein 4B (img_in {shape}, "
+                                  f"expected {(hidden, config['in_channels'])}; 9B and dev files are other models)")
+    state, plain_fp8 = _dequantize_fp8(state)
+    try:
+        model = Flux2Transformer2DModel.from_single_file(
+            state, config=str(configs), subfolder="transformer", torch_dtype=dtype, local_files_only=True)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise _missing(key, path, f"diffusers could not load the transformer ({type(exc).__name__}: {exc})") from exc
+    if plain_fp8:
+        import torch
+
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    return model, plain_fp8
+
+
+def _load_text_encoder_file(path: Path, configs: Path, dtype):
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    key = "flux2_klein_text_encoder"
+    state = _read_safetensors(key, path)
+    if any(v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8) for v in state.values()):
+        raise _missing(key, path, "quantised (FP8/FP4) Qwen3 files are not supported; use the bf16 "
+                                  "qwen_3_4b.safetensors")
+    state = _strip_prefix(state, ("text_encoders.qwen3_4b.transformer.", "transformer."))
+    if not any(k.startswith("model.") for k in state):
+        state = {f"model.{k}" if not k.startswith("lm_head.") else k: v for k, v in state.items()}
+    config = Qwen3Config.from_pretrained(str(configs / "text_encoder"), local_files_only=True)
+    emb = state.get("model.embed_tokens.weight")
+    if emb is None or emb.shape[1] != config.hidden_size or emb.shape[0] < 151669 and config.vocab_size >= 151669:
+        shape = None if emb is None else tuple(emb.shape)
+        raise _missing(key, path, f"the file is not Qwen3-4B (embed_tokens {shape}, expected "
+                                  f"({config.vocab_size}, {config.hidden_size}))")
+    with init_empty_weights():
+        model = Qwen3ForCausalLM(config)
+    wanted = set(model.state_dict())
+    missing = sorted(wanted - set(state) - {"lm_head.weight"})
+    if missing:
+        raise _missing(key, path, f"the Qwen3 file lacks {len(missing)} weights, e.g. {missing[:3]}")
+    state = {k: v.to(dtype) for k, v in state.items() if k in wanted}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    if model.lm_head.weight.is_meta:  # untied config without lm_head: hidden states need no head
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
+
+
+_VAE_EXTRA = {
+    "encoder.quant_conv.weight": "quant_conv.weight", "encoder.quant_conv.bias": "quant_conv.bias",
+    "decoder.post_quant_conv.weight": "post_quant_conv.weight", "decoder.post_quant_conv.bias": "post_quant_conv.bias",
+    "bn.running_mean": "bn.running_mean", "bn.running_var": "bn.running_var",
+}
+
+
+def _load_vae_file(path: Path, configs: Path, dtype):
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLFlux2
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    key = "flux2_klein_vae"
+    state = _strip_prefix(_read_safetensors(key, path), ("first_stage_model.", "vae."))
+    config = AutoencoderKLFlux2.load_config(str(configs / "vae"), local_files_only=True)
+    if "bn.running_mean" not in state:
+        raise _missing(key, path, "the file is not the FLUX.2 VAE (no bn.running_mean; FLUX.1's ae.safetensors "
+                                  "is another VAE)")
+    if any(k.startswith("encoder.down.") for k in state):  # BFL's / ComfyUI's original layout
+        converted = convert_ldm_vae_checkpoint(state, config)
+        converted.update({new: state[old] for old, new in _VAE_EXTRA.items() if old in state})
+        state = converted
+    with init_empty_weights(include_buffers=False):
+        model = AutoencoderKLFlux2.from_config(config)
+    own = model.state_dict()
+    state.setdefault("bn.num_batches_tracked", own["bn.num_batches_tracked"])
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise _missing(key, path, f"the VAE's weights do not match the FLUX.2 VAE (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})")
+    for k, v in list(state.items()):
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise _missing(key, path, f"the VAE weight {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        if v.is_floating_point():
+            state[k] = v.to(dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _components(files: Files, dtype) -> dict:
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+    from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
+
+    if files.folder is not None:
+        folder = Path(files.folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        try:
+            return {
+                "transformer": Flux2Transformer2DModel.from_pretrained(
+                    folder, subfolder="transformer", torch_dtype=dtype, local_files_only=True),
+                "vae": AutoencoderKLFlux2.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, local_files_only=True),
+                "text_encoder": Qwen3ForCausalLM.from_pretrained(
+                    folder / "text_encoder", dtype=dtype, local_files_only=True).eval(),
+                "tokenizer": Qwen2TokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True),
+                "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(
+                    folder, subfolder="scheduler", local_files_only=True),
+                "is_distilled": bool(index.get("is_distilled", False)),
+                "fp8": False,
+            }
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _missing("flux2_klein", folder, f"the diffusers folder could not be loaded ({type(exc).__name__}: "
+                                                  f"{exc}); download it again") from exc
+    configs = Path(files.configs)
+    transformer, fp8 = _load_transformer_file(Path(files.transformer), configs, dtype)
+    index_path = configs / "model_index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"is_distilled": True}
+    return {
+        "transformer": transformer,
+        "vae": _load_vae_file(Path(files.vae), configs, dtype),
+        "text_encoder": _load_text_encoder_file(Path(files.text_encoder), configs, dtype),
+        "tokenizer": Qwen2TokenizerFast.from_pretrained(configs / "tokenizer", local_files_only=True),
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(configs, subfolder="scheduler", local_files_only=True),
+        "is_distilled": bool(index.get("is_distilled", True)),
+        "fp8": fp8,
+    }
+
+
+def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> "Flux2KleinEngine":
+    """Load FLUX.2 klein 4B from ``files`` onto ``device`` (bf16 on CUDA, float32 on CPU by default)."""
+    from diffusers import Flux2KleinInpaintPipeline
+
+    check_files(files)
+    dev = common.resolve_device(device)
+    torch_dtype = common.resolve_dtype(dtype, dev, cuda_default="bf16")
+    mode = common.check_offload(offload, dev)
+    parts = _components(files, torch_dtype)
+    pipe = Flux2KleinInpaintPipeline(
+        scheduler=parts["scheduler"], vae=parts["vae"], text_encoder=None, tokenizer=None,
+        transformer=parts["transformer"], is_distilled=parts["is_distilled"])
+    common.place(pipe, dev, mode)
+    return Flux2KleinEngine(pipe, parts["text_encoder"], parts["tokenizer"], dev, torch_dtype, mode,
+                            source=files.describe(), fp8=parts["fp8"])
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Flux2KleinEngine:
+    capabilities = CAPABILITIES
+
+    def __init__(self, pipe, text_encoder, tokenizer, device, dtype, offload: str, source: str, fp8: bool = False):
+        self.pipe = pipe
+        self.text_encoder = text_encoder  # on the CPU between encodings
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.offload = offload
+        self.source = source
+        self.fp8 = fp8
+        self._prompt_cache: OrderedDict[str, Any] = OrderedDict()
+
+    # ----------------------------------------------------------------- prompts
+
+    def prompt_embeds(self, prompts) -> Any:
+        """(len(prompts), 512, 3 * hidden) embeddings on the device; each prompt is encoded once."""
+        import torch
+
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if todo:
+            self.text_encoder.to(self.device)
+            try:
+                with torch.inference_mode():
+                    for prompt in todo:
+                        self._prompt_cache[prompt] = self.pipe._get_qwen3_prompt_embeds(
+                            self.text_encoder, self.tokenizer, prompt, dtype=self.dtype, device=self.device,
+                            max_sequence_length=MAX_SEQUENCE_LENGTH, hidden_states_layers=TEXT_ENCODER_LAYERS)
+                        while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                            self._prompt_cache.popitem(last=False)
+            finally:
+                if self.device.type != "cpu":
+                    self.text_encoder.to("cpu")
+                    common.free_accelerator_memory()
+        for p in prompts:
+            self._prompt_cache.move_to_end(p)
+        return torch.cat([self._prompt_cache[p] for p in prompts], dim=0)
+
+    # ----------------------------------------------------------------- latents
+
+    def _exec_device(self):
+        return self.pipe._execution_device
+
+    def encode_source(self, image: np.ndarray):
+        """The source's patchified VAE latents (mode, no sampling), shape (1, 4 * C, H / 16, W / 16)."""
+        import torch
+        from PIL import Image
+
+        height, width = image.shape[:2]
+        pixels = self.pipe.image_processor.preprocess(Image.fromarray(image), height=height, width=width)
+        with torch.inference_mode():
+            pixels = pixels.to(self._exec_device(), dtype=self.dtype)
+            latents = self.pipe.vae.encode(pixels).latent_dist.mode()
+        return self.pipe._patchify_latents(latents)
+
+    def _normalized(self, patchified):
+        """The pipeline's own normalisation of source latents (same operations, so bit-identical)."""
+        import torch
+
+        vae = self.pipe.vae
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(patchified.device, patchified.dtype)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(
+            patchified.device, patchified.dtype)
+        return (patchified - mean) / std
+
+    def sample(self, request: InpaintRequest, on_step: StepCallback | None = None):
+        """Run the pipeline; returns the final latents as the pipeline hands them to the VAE
+        (B, C, H / 8, W / 8), and the source's latents in the same form (1, C, H / 8, W / 8)."""
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        image = np.ascontiguousarray(request.image, dtype=np.uint8)
+        mask = np.clip(np.asarray(request.mask, dtype=np.float32), 0.0, 1.0)
+        height, width = image.shape[:2]
+        seeds = tuple(int(s) for s in request.seeds)
+        if len(request.prompts) != len(seeds):
+            raise InputValidationError(f"{len(request.prompts)} prompts for {len(seeds)} seeds: give one prompt per seed.")
+        embeds = self.prompt_embeds(tuple(request.prompts))
+        source = self.encode_source(image)
+        pipe = self.pipe
+        exec_device = self._exec_device()
+        soft = not is_binary(mask)
+        if soft:
+            src_packed = pipe._pack_latents(self._normalized(source.to(exec_device, embeds.dtype)))
+            noise_shape = (len(seeds), pipe.transformer.config.in_channels, height // 16, width // 16)
+            noise = pipe._pack_latents(self._noise(noise_shape, seeds, exec_device, embeds.dtype))
+            tokens = F.interpolate(torch.from_numpy(mask)[None, None], size=(height // 16, width // 16), mode="bilinear")
+            token_strength = pipe._pack_latents(tokens).to(exec_device, embeds.dtype)
+        state: dict[str, Any] = {}
+
+        def step_end(p, i, t, kwargs):
+            total = p._num_timesteps
+            if on_step is not None:
+                on_step(i, total)
+            if not soft:
+                return {}
+            if "thresholds" not in state:
+                state["thresholds"] = torch.as_tensor(strength_thresholds(total), dtype=embeds.dtype)
+            latents = kwargs["latents"]
+            if i + 1 < total:
+                threshold = state["thresholds"][i + 1]
+                # after scheduler.step, scale_noise uses the next sigma (the pipeline's own blend does the same)
+                target = p.scheduler.scale_noise(src_packed, torch.tensor([t]), noise)
+            else:
+                threshold = state["thresholds"][total - 1]
+                target = src_packed
+            held = token_strength < threshold.to(token_strength.device)
+            return {"latents": torch.where(held, target.to(latents.dtype), latents)}
+
+        binary = Image.fromarray(((mask > 0).astype(np.uint8) * 255), mode="L")
+        reference = None
+        if request.identity is not None and request.identity.reference is not None and request.identity.scale > 0:
+            reference = Image.fromarray(np.ascontiguousarray(request.identity.reference, dtype=np.uint8))
+        with torch.inference_mode():
+            latents = pipe(
+                image=source, mask_image=binary, image_reference=reference, prompt_embeds=embeds,
+                strength=float(request.strength), num_inference_steps=int(request.steps), guidance_scale=1.0,
+                generator=common.generators(seeds), output_type="latent", return_dict=False,
+                callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"],
+                max_sequence_length=MAX_SEQUENCE_LENGTH, text_encoder_out_layers=TEXT_ENCODER_LAYERS,
+            )[0]
+        return latents, pipe._unpatchify_latents(source)
+
+    @staticmethod
+    def _noise(shape, seeds, device, dtype):
+        """The pipeline's noise for these seeds: fresh generators, the same draw (randn_tensor)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(shape, generator=common.generators(seeds), device=device, dtype=dtype)
+
+    def decode(self, latents) -> list[np.ndarray]:
+        import torch
+
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+            images = self.pipe.image_processor.postprocess(images, output_type="np")
+        self.pipe.maybe_free_model_hooks()
+        return common.to_uint8(images)
+
+    def inpaint(self, request: InpaintRequest, on_step: StepCallback | None = None) -> list[np.ndarray]:
+        latents, _ = self.sample(request, on_step)
+        return self.decode(latents)
