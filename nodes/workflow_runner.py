@@ -4,13 +4,15 @@ Comfy-free (standard library only), so it works from any Python:
 
     python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/
         [--face-reference face.jpg] [--seed 7] [--num-images 2] [--prompt "..."]
-        [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI] [--models-dir DIR]
+        [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI] [--models-dir DIR] [-- COMFYUI FLAGS]
 
 With ``--server`` it talks to a running ComfyUI over HTTP. With ``--comfyui`` it starts
 that ComfyUI headless on a free loopback port for this one job and stops it after.
 Before anything starts, every model the workflow's loaders name is looked up in the
-models folders; if one is missing the run stops at once with the list of what to
-download and where (exit code 2).
+models folders ComfyUI will use (``--base-directory`` and ``--extra-model-paths-config``
+among the ComfyUI flags, and ComfyUI's extra_model_paths.yaml, are honoured); if one is
+missing the run stops at once with the list of what to download and where
+(:data:`EXIT_MISSING_MODELS`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from pathlib import Path
 
 from .pipeline import model_files
 
-EXIT_MISSING_MODELS = 2
-EXIT_FAILED = 1
+# Exit codes of the headless runner (and of scripts/get_models.py, which shares the first three).
+EXIT_FAILED = 1  # the job failed (or, for the installer, a download failed)
+EXIT_USAGE = 2  # a bad command line or input file (argparse uses 2 as well)
+EXIT_MISSING_MODELS = 3  # models are missing; what to download and where is printed
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
 
 
@@ -146,39 +150,154 @@ def _apply_setting(graph: dict, item: str) -> None:
 
 
 def required_models(graph: dict) -> list[tuple[str, str]]:
-    """(registry key, name) for every model the workflow's loader nodes name."""
-    needs = []
+    """(registry key, name) of every model the workflow's loader nodes name, in graph order, once each.
+
+    The one answer to "which models does this graph need": the headless runner's check, the
+    installer (scripts/get_models.py) and the editor workflows' ``properties.models`` all use it.
+    Which input names which model is the registry's business (``ModelSpec.inputs``,
+    :func:`model_files.key_for_input`), so a new loader or model needs no change here.
+    """
+    needs: list[tuple[str, str]] = []
     for node in graph.values():
-        cls, inputs = node["class_type"], node.get("inputs", {})
-        if cls.endswith("_PipelineLoader"):
-            model = inputs.get("model", "")
-            needs.append((model_files.generator_key(model), model))
-            faceid = inputs.get("faceid", "none")
-            if faceid != "none":
-                needs.append((model_files.faceid_key(faceid), faceid))
-            lora = inputs.get("faceid_lora", "none")
-            if lora not in ("none", "auto"):
-                needs.append((model_files.faceid_lora_key(lora), lora))
-            for key, spec in (("clip_vision", "clip_vision_h"), ("controlnet", "controlnet")):
-                value = inputs.get(key, "none")
-                if value != "none":
-                    needs.append((spec, value))
-        elif cls.endswith("_HumanParserLoader"):
-            needs.append(("human_parser", inputs.get("parser", "")))
-        elif cls.endswith("_InsightFaceLoader"):
-            pack = inputs.get("pack", "")
-            needs.append((model_files.insightface_key(pack), pack))
+        for input_name, value in node.get("inputs", {}).items():
+            key = model_files.key_for_input(node.get("class_type", ""), input_name, value)
+            if key is not None and (key, value) not in needs:
+                needs.append((key, value))
     return needs
 
 
-def missing_models(graph: dict, models_dirs: list[Path]) -> list[str]:
-    """What to download and where, one line per model the workflow needs and no folder holds."""
+# ComfyUI maps these old folder names in extra_model_paths.yaml to today's (folder_paths.map_legacy).
+LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
+
+
+@dataclass
+class ModelFolders:
+    """Where ComfyUI looks for each models sub-folder, in ComfyUI's order: paths from an
+    ``is_default`` entry of extra_model_paths.yaml first, then ``<models dir>/<folder>`` of each
+    root, then the other configured paths. :meth:`target` is where a new download goes."""
+
+    roots: list[Path]
+    first: dict[str, list[Path]] = field(default_factory=dict)
+    last: dict[str, list[Path]] = field(default_factory=dict)
+
+    def dirs(self, folder: str) -> list[Path]:
+        top, _, sub = folder.partition("/")
+        bases = [*self.first.get(top, []), *(root / top for root in self.roots), *self.last.get(top, [])]
+        found: list[Path] = []
+        for base in bases:
+            path = base / sub if sub else base
+            if path not in found:
+                found.append(path)
+        return found
+
+    def target(self, folder: str) -> Path:
+        return self.dirs(folder)[0]
+
+    def find(self, key: str, name: str) -> Path | None:
+        """The path holding model ``key`` complete under ``name`` in any of its folders, or None."""
+        for folder in self.dirs(model_files.MODELS[key].folder):
+            try:
+                return model_files.require(key, folder / name, name)
+            except model_files.MissingModelError:
+                continue
+        return None
+
+
+def read_extra_model_paths(config: Path, folders: ModelFolders) -> None:
+    """Add the folders of one extra_model_paths.yaml to ``folders``, read as ComfyUI reads it
+    (utils/extra_config.py): ``base_path`` relative to the file, ``is_default`` entries first,
+    several paths per folder one per line."""
+    try:
+        import yaml
+    except ImportError as exc:
+        raise WorkflowError(f"reading {config} needs PyYAML (pip install pyyaml), which ComfyUI installs") from exc
+    try:
+        data = yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise WorkflowError(f"cannot read the model paths file {config}: {exc}") from exc
+    here = Path(config).resolve().parent
+    for entry in data.values():
+        if not isinstance(entry, dict):
+            continue
+        entry = dict(entry)
+        base = entry.pop("base_path", None)
+        if base:
+            base = Path(os.path.expandvars(os.path.expanduser(str(base))))
+            base = base if base.is_absolute() else here / base
+        default = bool(entry.pop("is_default", False))
+        for name, value in entry.items():
+            if name == "custom_nodes" or not isinstance(value, str):
+                continue
+            name = LEGACY_FOLDERS.get(name, name)
+            for line in value.split("\n"):
+                line = line.strip()
+                if not line:
+                    continue
+                path = Path(os.path.expanduser(line))
+                path = base / path if base else (path if path.is_absolute() else here / path)
+                path = Path(os.path.normpath(path))
+                if default:  # ComfyUI inserts is_default paths in front of the others
+                    folders.first.setdefault(name, []).insert(0, path)
+                else:
+                    folders.last.setdefault(name, []).append(path)
+
+
+def comfy_args_value(comfy_args: list[str], flag: str) -> list[str]:
+    """The values ComfyUI's own flag ``flag`` has in ``comfy_args`` (``--flag V`` or ``--flag=V``;
+    ``--extra-model-paths-config`` takes several)."""
+    values: list[str] = []
+    many = flag == "--extra-model-paths-config"
+    i = 0
+    while i < len(comfy_args):
+        arg = comfy_args[i]
+        if arg.startswith(flag + "="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == flag:
+            i += 1
+            while i < len(comfy_args) and not comfy_args[i].startswith("--"):
+                values.append(comfy_args[i])
+                i += 1
+                if not many:
+                    break
+            continue
+        i += 1
+    return values
+
+
+def model_folders(comfyui: Path | None = None, comfy_args: list[str] | None = None,
+                  models_dirs: list[Path] | None = None) -> ModelFolders:
+    """ComfyUI's model folders, found the way ComfyUI finds them.
+
+    ``models_dirs`` (given explicitly) are used as they are. Otherwise the models folder is
+    ``<--base-directory>/models`` when ``comfy_args`` (ComfyUI's own flags) carry one, else
+    ``<comfyui>/models``; ``<comfyui>/extra_model_paths.yaml`` (which ComfyUI reads at start-up)
+    and every ``--extra-model-paths-config`` file add theirs.
+    """
+    comfy_args = list(comfy_args or [])
+    if models_dirs:
+        return ModelFolders([Path(d) for d in models_dirs])
+    base = comfy_args_value(comfy_args, "--base-directory")
+    if not base and comfyui is None:
+        raise WorkflowError("no models folder: pass --comfyui PATH/TO/ComfyUI (or --models-dir DIR)")
+    root = Path(base[-1]) if base else Path(comfyui)
+    folders = ModelFolders([root.expanduser().resolve() / "models"])
+    configs = [Path(comfyui) / "extra_model_paths.yaml"] if comfyui is not None else []
+    configs = [c for c in configs if c.is_file()] + [Path(c) for c in comfy_args_value(comfy_args, "--extra-model-paths-config")]
+    for config in configs:
+        read_extra_model_paths(config, folders)
+    return folders
+
+
+def missing_models(graph: dict, models_dirs: list[Path] | ModelFolders) -> list[str]:
+    """What to download and where, one line per model the workflow needs and no folder holds
+    complete (a folder model lacking one of its files counts as missing)."""
+    folders = models_dirs if isinstance(models_dirs, ModelFolders) else ModelFolders([Path(d) for d in models_dirs])
     lines = []
     for key, name in required_models(graph):
-        spec = model_files.MODELS[key]
-        found = any((Path(root) / spec.folder / name).exists() for root in models_dirs)
-        if not found:
-            lines.append(model_files.describe(spec, name))
+        if folders.find(key, name) is None:
+            spec = model_files.MODELS[key]
+            lines.append(model_files.describe(spec, name).replace(
+                f"ComfyUI/models/{spec.folder}/", f"{folders.target(spec.folder)}/"))
     return lines
 
 

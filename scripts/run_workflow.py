@@ -1,12 +1,14 @@
 """Run an exported Model Swap workflow headlessly on one image and write the results.
 
-    python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/ \
-        [--face-reference face.jpg] [--seed 42] [--num-images 1] [--prompt TEXT] \
-        [--face-reference-mode match_reference|match_base] [--set NODE.INPUT=VALUE ...] \
-        [--server http://127.0.0.1:8188 | --comfyui PATH/TO/ComfyUI] [--models-dir DIR ...]
+    python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/ \\
+        [--face-reference face.jpg] [--seed 42] [--num-images 1] [--prompt TEXT] \\
+        [--face-reference-mode match_reference|match_base] [--set NODE.INPUT=VALUE ...] \\
+        [--server http://127.0.0.1:8188 | --comfyui PATH/TO/ComfyUI] [--models-dir DIR ...] \\
+        [-- EXTRA COMFYUI FLAGS, e.g. --cpu --base-directory DIR]
 
 Exit codes: 0 done (the written files are printed as JSON), 1 the job failed,
-2 models are missing (the list of what to download and where is printed first).
+2 a usage error (bad option, missing input file), 3 models are missing (the list of
+what to download and where is printed first; scripts/get_models.py fetches them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+
 def _runner():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _pack
@@ -25,7 +28,15 @@ def _runner():
     return importlib.import_module("comfyui_model_swap.nodes.workflow_runner")
 
 
-def main(argv=None) -> int:
+def split_comfy_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's arguments, ComfyUI's flags after the first ``--``)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/*_api.json or 'Export (API)')")
     ap.add_argument("--image", type=Path, required=True, help="the model photo")
@@ -41,23 +52,43 @@ def main(argv=None) -> int:
     where.add_argument("--server", help="URL of a running ComfyUI, e.g. http://127.0.0.1:8188")
     where.add_argument("--comfyui", type=Path, help="a ComfyUI folder to start headless for this job")
     ap.add_argument("--models-dir", type=Path, action="append", default=[],
-                    help="models folder(s) to check before starting (default with --comfyui: <ComfyUI>/models)")
+                    help="models folder(s) to check before starting (default with --comfyui: the folders that "
+                         "ComfyUI will use: <ComfyUI>/models, or <--base-directory>/models, plus "
+                         "extra_model_paths.yaml)")
     ap.add_argument("--timeout", type=float, default=3600.0)
-    ap.add_argument("comfy_args", nargs="*", help="after '--': extra ComfyUI flags for --comfyui (e.g. --cpu)")
-    args = ap.parse_args(argv)
-    wr = _runner()
+    ap.epilog = "Everything after '--' goes to ComfyUI when --comfyui starts it, e.g. -- --cpu"
+    return ap
 
-    for label, path in (("--image", args.image), ("--face-reference", args.face_reference)):
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, comfy_args = split_comfy_args(argv)
+    args = parser().parse_args(own)
+    wr = _runner()
+    if comfy_args and not args.comfyui:
+        print("error: ComfyUI flags after '--' need --comfyui (a running --server has its own)", file=sys.stderr)
+        return wr.EXIT_USAGE
+    for label, path in (("--image", args.image), ("--face-reference", args.face_reference),
+                        ("workflow", args.workflow)):
         if path is not None and not path.is_file():
             print(f"error: {label} {path} does not exist", file=sys.stderr)
-            return wr.EXIT_FAILED
+            return wr.EXIT_USAGE
+    if args.comfyui and not (args.comfyui / "main.py").is_file():
+        print(f"error: --comfyui {args.comfyui} is not a ComfyUI folder (no main.py)", file=sys.stderr)
+        return wr.EXIT_USAGE
     try:
         graph = wr.load_workflow(args.workflow)
-        models_dirs = list(args.models_dir) or ([args.comfyui / "models"] if args.comfyui else [])
-        if models_dirs:
-            missing = wr.missing_models(graph, models_dirs)
+    except wr.WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return wr.EXIT_USAGE
+    try:
+        if args.models_dir or args.comfyui:
+            folders = wr.model_folders(args.comfyui, comfy_args, args.models_dir)
+            missing = wr.missing_models(graph, folders)
             if missing:
-                print("Models missing; download them and place them as follows, then run again:", file=sys.stderr)
+                print("Models missing; download them with `python scripts/get_models.py --workflow "
+                      f"{args.workflow}` (same --comfyui/--models-dir), or place them as follows, then run again:",
+                      file=sys.stderr)
                 for line in missing:
                     print(f"  - {line}", file=sys.stderr)
                 return wr.EXIT_MISSING_MODELS
@@ -67,7 +98,7 @@ def main(argv=None) -> int:
         if args.server:
             result = wr.run(wr.ComfyClient(args.server), graph, overrides, args.out, args.timeout)
         else:
-            with wr.LocalComfy(args.comfyui, args.comfy_args) as client:
+            with wr.LocalComfy(args.comfyui, comfy_args) as client:
                 result = wr.run(client, graph, overrides, args.out, args.timeout)
     except wr.WorkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,11 +37,54 @@ def test_missing_models_stop_at_once_with_the_download_list(tmp_path, photos, ca
                               "http://127.0.0.1:9", "--models-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == wr.EXIT_MISSING_MODELS
-    for text in ("models/diffusers/", "stable-diffusion-xl-1.0-inpainting-0.1", "models/human_parsing/",
-                 "models/insightface/models/", "antelopev2", "models/ipadapter/", "ip-adapter-faceid_sdxl.bin",
-                 "huggingface.co/h94/IP-Adapter-FaceID"):
+    for text in (f"{tmp_path}/diffusers/", "stable-diffusion-xl-1.0-inpainting-0.1", f"{tmp_path}/human_parsing/",
+                 f"{tmp_path}/insightface/models/", "antelopev2", f"{tmp_path}/ipadapter/", "ip-adapter-faceid_sdxl.bin",
+                 "huggingface.co/h94/IP-Adapter-FaceID", "scripts/get_models.py"):
         assert text in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def fake_comfyui(tmp_path):
+    """A folder that passes for ComfyUI but whose main.py exits at once (so a started job fails)."""
+    folder = tmp_path / "ComfyUI"
+    folder.mkdir()
+    (folder / "main.py").write_text("import sys\nsys.exit(0)\n")
+    return folder
+
+
+def test_readme_form_with_comfyui_flags_after_double_dash_parses_and_checks_models(fake_comfyui, photos, tmp_path,
+                                                                                  capsys):
+    """`... --comfyui PATH -- --cpu` (README's form) reaches the models check: exit 3, not argparse's 2."""
+    code = run_workflow.main([str(PLAIN), "--image", str(photos / "model.jpg.png"), "--out", str(tmp_path / "out"),
+                              "--comfyui", str(fake_comfyui), "--", "--cpu"])
+    err = capsys.readouterr().err
+    assert code == wr.EXIT_MISSING_MODELS == 3, err
+    assert f"{fake_comfyui / 'models' / 'diffusers'}/" in err
+
+
+def test_base_directory_given_to_comfyui_is_where_the_models_are_looked_up(fake_comfyui, photos, tmp_path,
+                                                                           tiny_models_dir, capsys):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    code = run_workflow.main([str(PLAIN), "--image", str(photos / "model.jpg.png"), "--out", str(tmp_path / "out"),
+                              "--comfyui", str(fake_comfyui), "--", "--cpu", "--base-directory", str(base)])
+    err = capsys.readouterr().err
+    # the models were found under --base-directory, so the job started; this ComfyUI exits at once
+    assert code == wr.EXIT_FAILED == 1, err
+    assert "Models missing" not in err and "ComfyUI exited while starting" in err
+
+
+def test_usage_errors_exit_2(photos, tmp_path, capsys):
+    common = ["--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"]
+    assert run_workflow.main([str(PLAIN), "--image", str(tmp_path / "absent.png"), *common]) == wr.EXIT_USAGE == 2
+    assert "--image" in capsys.readouterr().err
+    assert run_workflow.main([str(PLAIN), "--image", str(photos / "model.jpg.png"), *common, "--", "--cpu"]) == 2
+    assert "need --comfyui" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run_workflow.main([str(PLAIN), "--image", str(photos / "model.jpg.png"), "--out", "x"])  # no --server
+    assert exc.value.code == 2
 
 
 def test_installed_models_pass_the_check(tiny_models_dir):

@@ -3,7 +3,10 @@
 This table is the one place that knows file names, folders, sources, sizes and
 licences. Loaders resolve paths through :func:`require`, so a missing model
 always produces the same precise message, and README's models table is written
-from the same facts.
+from the same facts. The installer (scripts/get_models.py) downloads from the
+same entries (``repo``/``repo_files`` on the Hugging Face hub, or ``url`` with a
+pinned ``sha256``), and :func:`key_for_input` tells which entry a loader input
+names, so a new entry needs no code anywhere else.
 """
 
 from __future__ import annotations
@@ -26,10 +29,33 @@ class ModelSpec:
     licence: str
     files: tuple[str, ...] = field(default_factory=tuple)  # required files when ``name`` is a folder
     optional: bool = False
+    # --- where the installer gets it (one of the two)
+    repo: str = ""  # Hugging Face hub repo id
+    repo_files: tuple[str, ...] = ()  # a file: its one path in the repo; a folder: glob patterns of its files
+    url: str = ""  # a file published outside the hub (a zip is unpacked into ``name``)
+    sha256: str = ""  # pinned SHA-256 of what ``url`` serves (or of the hub file, where known)
+    # --- which graphs need it
+    inputs: tuple[str, ...] = ()  # loader inputs that name it: "PipelineLoader.model" (pack nodes without
+    # the "ModelSwap_" prefix) or a core node's "UNETLoader.unet_name"
+    match: str = ""  # among several entries of one input, a chosen name containing this picks this entry
+    engines: tuple[str, ...] = ()  # engines whose default set (get_models.py --engine) includes it
 
     @property
     def is_folder(self) -> bool:
         return bool(self.files)
+
+    @property
+    def non_commercial(self) -> bool:
+        return "non-commercial" in self.licence.lower()
+
+    @property
+    def download_url(self) -> str:
+        """A direct link to the single file (what ComfyUI's missing-models dialog offers), or ''."""
+        if self.url:
+            return self.url
+        if self.repo and not self.is_folder and len(self.repo_files) == 1:
+            return f"https://huggingface.co/{self.repo}/resolve/main/{self.repo_files[0]}"
+        return ""
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -44,6 +70,10 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/fashn-ai/fashn-human-parser",
             size="about 260 MB",
             licence="NVIDIA Source Code License for SegFormer (non-commercial)",
+            repo="fashn-ai/fashn-human-parser",
+            repo_files=("config.json", "model.safetensors", "preprocessor_config.json"),
+            inputs=("HumanParserLoader.parser",),
+            engines=("sdxl", "flux2_klein"),
         ),
         ModelSpec(
             key="antelopev2",
@@ -51,10 +81,14 @@ MODELS: dict[str, ModelSpec] = {
             folder="insightface/models",
             name="antelopev2",
             files=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
-            source="insightface model zoo: antelopev2.zip (https://github.com/deepinsight/insightface"
-            "/tree/master/model_zoo), unzipped so the .onnx files sit directly in the folder",
+            source="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip"
+            " (unzipped so the .onnx files sit directly in the folder)",
             size="about 360 MB",
             licence="insightface pretrained models: non-commercial research only",
+            url="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
+            sha256="8e182f14fc6e80b3bfa375b33eb6cff7ee05d8ef7633e738d1c89021dcf0c5c5",
+            inputs=("InsightFaceLoader.pack",),
+            engines=("sdxl",),
         ),
         ModelSpec(
             key="buffalo_l",
@@ -66,6 +100,9 @@ MODELS: dict[str, ModelSpec] = {
             size="about 330 MB",
             licence="insightface pretrained models: non-commercial research only",
             optional=True,
+            url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+            sha256="80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f",
+            inputs=("InsightFaceLoader.pack",),
         ),
         ModelSpec(
             key="sdxl_inpaint",
@@ -76,6 +113,11 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
             size="about 7 GB (fp16 variant)",
             licence="CreativeML Open RAIL++-M",
+            repo="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+            repo_files=("model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*", "*/config.json",
+                        "*/*.fp16.safetensors"),
+            inputs=("PipelineLoader.model",),
+            engines=("sdxl",),
         ),
         ModelSpec(
             key="sdxl_checkpoint",
@@ -86,6 +128,9 @@ MODELS: dict[str, ModelSpec] = {
             size="about 6.9 GB",
             licence="CreativeML Open RAIL++-M",
             optional=True,
+            repo="stabilityai/stable-diffusion-xl-base-1.0",
+            repo_files=("sd_xl_base_1.0.safetensors",),
+            inputs=("PipelineLoader.model",),
         ),
         ModelSpec(
             key="faceid",
@@ -95,6 +140,10 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/h94/IP-Adapter-FaceID",
             size="about 1.1 GB",
             licence="non-commercial research (uses insightface embeddings)",
+            repo="h94/IP-Adapter-FaceID",
+            repo_files=("ip-adapter-faceid_sdxl.bin",),
+            inputs=("PipelineLoader.faceid",),
+            engines=("sdxl",),
         ),
         ModelSpec(
             key="faceid_lora",
@@ -105,6 +154,9 @@ MODELS: dict[str, ModelSpec] = {
             size="about 370 MB",
             licence="non-commercial research",
             optional=True,
+            repo="h94/IP-Adapter-FaceID",
+            repo_files=("ip-adapter-faceid_sdxl_lora.safetensors",),
+            inputs=("PipelineLoader.faceid_lora",),
         ),
         ModelSpec(
             key="faceid_plusv2",
@@ -115,6 +167,10 @@ MODELS: dict[str, ModelSpec] = {
             size="about 1.5 GB",
             licence="non-commercial research (uses insightface embeddings)",
             optional=True,
+            repo="h94/IP-Adapter-FaceID",
+            repo_files=("ip-adapter-faceid-plusv2_sdxl.bin",),
+            inputs=("PipelineLoader.faceid",),
+            match="plus",
         ),
         ModelSpec(
             key="faceid_plusv2_lora",
@@ -125,6 +181,10 @@ MODELS: dict[str, ModelSpec] = {
             size="about 370 MB",
             licence="non-commercial research",
             optional=True,
+            repo="h94/IP-Adapter-FaceID",
+            repo_files=("ip-adapter-faceid-plusv2_sdxl_lora.safetensors",),
+            inputs=("PipelineLoader.faceid_lora",),
+            match="plus",
         ),
         ModelSpec(
             key="clip_vision_h",
@@ -135,6 +195,9 @@ MODELS: dict[str, ModelSpec] = {
             size="about 2.5 GB",
             licence="MIT",
             optional=True,
+            repo="h94/IP-Adapter",
+            repo_files=("models/image_encoder/model.safetensors",),
+            inputs=("PipelineLoader.clip_vision",),
         ),
         ModelSpec(
             key="controlnet",
@@ -146,9 +209,99 @@ MODELS: dict[str, ModelSpec] = {
             size="about 2.5 GB",
             licence="Apache-2.0",
             optional=True,
+            repo="xinsir/controlnet-openpose-sdxl-1.0",
+            repo_files=("config.json", "diffusion_pytorch_model.safetensors"),
+            inputs=("PipelineLoader.controlnet",),
+        ),
+        ModelSpec(
+            key="flux2_klein",
+            title="FLUX.2 [klein] 4B (diffusers folder: transformer, Qwen3-4B text encoder, VAE)",
+            folder="diffusers",
+            name="FLUX.2-klein-4B",
+            files=("model_index.json", "transformer/config.json", "text_encoder/config.json", "vae/config.json"),
+            source="https://huggingface.co/black-forest-labs/FLUX.2-klein-4B",
+            size="about 16 GB",
+            licence="Apache-2.0",
+            repo="black-forest-labs/FLUX.2-klein-4B",
+            repo_files=("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "transformer/*", "vae/*"),
+            inputs=("PipelineLoader.model",),
+            match="klein",
+            engines=("flux2_klein",),
+        ),
+        ModelSpec(
+            key="flux2_klein_transformer",
+            title="FLUX.2 [klein] 4B transformer, single file (instead of the diffusers folder)",
+            folder="diffusion_models",
+            name="flux-2-klein-4b.safetensors",
+            source="https://huggingface.co/Comfy-Org/Flux-2-Klein-4B (split_files/diffusion_models)",
+            size="about 7.8 GB",
+            licence="Apache-2.0",
+            optional=True,
+            repo="Comfy-Org/Flux-2-Klein-4B",
+            repo_files=("split_files/diffusion_models/flux-2-klein-4b.safetensors",),
+            inputs=("UNETLoader.unet_name", "PipelineLoader.model"),
+            match="klein",
+        ),
+        ModelSpec(
+            key="flux2_klein_text_encoder",
+            title="Qwen3-4B text encoder for FLUX.2 [klein] 4B, single file",
+            folder="text_encoders",
+            name="qwen_3_4b.safetensors",
+            source="https://huggingface.co/Comfy-Org/Flux-2-Klein-4B (split_files/text_encoders)",
+            size="about 8.0 GB",
+            licence="Apache-2.0",
+            optional=True,
+            repo="Comfy-Org/Flux-2-Klein-4B",
+            repo_files=("split_files/text_encoders/qwen_3_4b.safetensors",),
+            sha256="6c671498573ac2f7a5501502ccce8d2b08ea6ca2f661c458e708f36b36edfc5a",
+            inputs=("CLIPLoader.clip_name",),
+            match="qwen",
+        ),
+        ModelSpec(
+            key="flux2_vae",
+            title="FLUX.2 VAE, single file",
+            folder="vae",
+            name="flux2-vae.safetensors",
+            source="https://huggingface.co/Comfy-Org/Flux-2-Klein-4B (split_files/vae)",
+            size="about 336 MB",
+            licence="Apache-2.0",
+            optional=True,
+            repo="Comfy-Org/Flux-2-Klein-4B",
+            repo_files=("split_files/vae/flux2-vae.safetensors",),
+            sha256="868fe7b343cc8f3a19dbcfcafbc3d5f888802be3f89bd81b65b3621a066ce8f3",
+            inputs=("VAELoader.vae_name",),
+            match="flux2",
+        ),
+        ModelSpec(
+            key="yunet",
+            title="OpenCV YuNet face detector (opencv_zoo)",
+            folder="facedetection",
+            name="face_detection_yunet_2023mar.onnx",
+            source="https://huggingface.co/opencv/face_detection_yunet",
+            size="about 230 KB",
+            licence="MIT",
+            repo="opencv/face_detection_yunet",
+            repo_files=("face_detection_yunet_2023mar.onnx",),
+            engines=("flux2_klein",),
+        ),
+        ModelSpec(
+            key="sface",
+            title="OpenCV SFace face recogniser (opencv_zoo)",
+            folder="facedetection",
+            name="face_recognition_sface_2021dec.onnx",
+            source="https://huggingface.co/opencv/face_recognition_sface",
+            size="about 37 MB",
+            licence="Apache-2.0",
+            repo="opencv/face_recognition_sface",
+            repo_files=("face_recognition_sface_2021dec.onnx",),
+            engines=("flux2_klein",),
         ),
     )
 }
+
+ENGINES = ("sdxl", "flux2_klein")
+# Names with one of these suffixes are files; anything else (e.g. "...-inpainting-0.1") is a folder.
+FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin", ".onnx", ".gguf")
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
@@ -170,6 +323,35 @@ def faceid_lora_key(name: str) -> str:
 def insightface_key(name: str) -> str:
     """antelopev2 and buffalo_l by name; any other pack folder is checked like antelopev2."""
     return name if name in ("antelopev2", "buffalo_l") else "antelopev2"
+
+
+def key_for_input(node: str, input_name: str, value: str) -> str | None:
+    """The registry key of the model a loader input names, or None when it names none.
+
+    ``node`` is the class type, with or without the pack's ``ModelSwap_`` prefix. Among the entries
+    that declare ``node.input_name`` in ``inputs``: the one whose file name is ``value``, else those
+    whose kind (file or folder) fits ``value``, the first whose ``match`` occurs in it, else the first.
+    A pack node's input naming any entry's exact file name also counts (a new loader needs no code).
+    """
+    if not isinstance(value, str) or value in ("", "none", "auto"):
+        return None
+    short = node.split("_", 1)[1] if node.startswith("ModelSwap_") else node
+    declared = [s for s in MODELS.values() if f"{short}.{input_name}" in s.inputs]
+    if not declared:
+        if node.startswith("ModelSwap_"):
+            exact = [s for s in MODELS.values() if s.name == value]
+            return exact[0].key if exact else None
+        return None
+    for spec in declared:
+        if spec.name == value:
+            return spec.key
+    is_file = value.lower().endswith(FILE_SUFFIXES)
+    fitting = [s for s in declared if s.is_folder != is_file] or declared
+    for spec in fitting:
+        if spec.match and spec.match in value.lower():
+            return spec.key
+    plain = [s for s in fitting if not s.match]
+    return (plain or fitting)[0].key
 
 
 def describe(spec: ModelSpec, name: str | None = None) -> str:

@@ -1,0 +1,215 @@
+"""scripts/get_models.py against a fake Hugging Face hub on 127.0.0.1 (tests/fake_hub.py).
+
+The hub serves the tiny test models in the published repo layouts (HF_ENDPOINT points at it)
+and insightface's zip (MODEL_SWAP_PINS points the installer at it, with its SHA-256). Each test
+runs the installer as a user does, in its own process, and checks the models folder and what the
+hub was asked for. README's quick start runs, command for command, in tests/test_quickstart.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fake_hub
+from comfyui_model_swap.nodes import workflow_runner as wr
+from comfyui_model_swap.nodes.pipeline import model_files
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALLER = ROOT / "scripts" / "get_models.py"
+DEFAULT = ROOT / "workflows" / "model_swap_api.json"
+WITH_REFERENCE = ROOT / "workflows" / "model_swap_face_reference_api.json"
+API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
+NOT_MODELS = {"device", "dtype", "offload"}
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_models_dir, tmp_path_factory):
+    repos, files, pins = fake_hub.repos_from_models(tiny_models_dir, model_files)
+    with fake_hub.FakeHub(repos, files) as server:
+        pins_file = tmp_path_factory.mktemp("pins") / "pins.json"
+        pins_file.write_text(json.dumps({k: {**v, "url": v["url"].replace("{hub}", server.url)}
+                                         for k, v in pins.items()}))
+        server.pins_file = pins_file
+        server.home = tmp_path_factory.mktemp("hf-home")
+        yield server
+
+
+def hub_env(hub, **extra) -> dict[str, str]:
+    """The environment of a user whose HF_ENDPOINT is the fake hub (no proxies, online)."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(hub.home), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1",
+               MODEL_SWAP_PINS=str(hub.pins_file), NO_PROXY="127.0.0.1,localhost")
+    env.update(extra)
+    return env
+
+
+def install(hub, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(INSTALLER), *map(str, args)], env=env or hub_env(hub),
+                          capture_output=True, text=True, timeout=300)
+
+
+def loader_values(workflow: Path) -> set[str]:
+    """The file or folder names the workflow's loader nodes choose (read straight from the graph)."""
+    graph = json.loads(workflow.read_text())
+    return {v for node in graph.values() if node["class_type"].endswith("Loader")
+            for k, v in node["inputs"].items()
+            if isinstance(v, str) and k not in NOT_MODELS and v not in ("none", "auto")}
+
+
+# ------------------------------------------------------------------------------- no downloads
+
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_list_names_exactly_the_workflows_loader_choices_with_size_licence_and_target(hub, tmp_path, workflow):
+    done = install(hub, "--workflow", workflow, "--list", "--models-dir", tmp_path / "models")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in done.stdout.strip().splitlines()]
+    assert {r[0] for r in rows} == loader_values(workflow)
+    for name, size, licence, target, state in rows:
+        spec = next(s for s in model_files.MODELS.values() if s.name == name)
+        assert (size, licence, state) == (spec.size, spec.licence, "missing")
+        assert Path(target) == tmp_path / "models" / spec.folder / name
+    assert sum(hub.gets.values()) == 0
+
+
+def test_engine_lists_its_default_set(hub, tmp_path):
+    for engine in model_files.ENGINES:
+        done = install(hub, "--engine", engine, "--list", "--models-dir", tmp_path)
+        assert done.returncode == 0, done.stderr
+        names = {line.split("\t")[0] for line in done.stdout.strip().splitlines()}
+        assert names == {s.name for s in model_files.MODELS.values() if engine in s.engines} and names
+
+
+def test_usage_errors_exit_2_and_say_what_to_fix(hub, tmp_path):
+    done = install(hub, "--workflow", tmp_path / "nope.json", "--models-dir", tmp_path)
+    assert done.returncode == 2 and "no such file" in done.stderr
+    done = install(hub, "--model", "no_such_model", "--models-dir", tmp_path)
+    assert done.returncode == 2 and "known keys" in done.stderr
+    done = install(hub, "--engine", "sd15")
+    assert done.returncode == 2
+
+
+def test_model_folders_follow_base_directory_and_extra_model_paths(tmp_path):
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "extra_model_paths.yaml").write_text(
+        "mine:\n  base_path: ../store\n  is_default: true\n  diffusers: big/diffusers\n"
+        "  clip: |\n    te_a\n    te_b\nother:\n  insightface: /abs/insightface\n")
+    folders = wr.model_folders(comfy)
+    assert folders.roots == [comfy.resolve() / "models"]
+    assert folders.target("diffusers") == tmp_path / "store" / "big" / "diffusers"
+    assert folders.dirs("text_encoders")[:2] == [tmp_path / "store" / "te_b", tmp_path / "store" / "te_a"]
+    assert folders.dirs("insightface/models") == [comfy.resolve() / "models/insightface/models",
+                                                  Path("/abs/insightface/models")]
+    based = wr.model_folders(comfy, ["--cpu", "--base-directory", str(tmp_path / "base")])
+    assert based.target("ipadapter") == tmp_path / "base" / "models" / "ipadapter"
+    extra = tmp_path / "more.yaml"
+    extra.write_text("x:\n  loras: /l\n")
+    assert Path("/l") in wr.model_folders(comfy, ["--extra-model-paths-config", str(extra)]).dirs("loras")
+
+
+# ------------------------------------------------------------------------------- downloads
+
+def test_fresh_folder_ends_complete_and_a_second_run_downloads_nothing(hub, tmp_path):
+    models = tmp_path / "models"
+    hub.gets.clear()
+    done = install(hub, "--workflow", WITH_REFERENCE, "--models-dir", models, "--accept-non-commercial")
+    assert done.returncode == 0, done.stderr
+    graph = wr.load_workflow(WITH_REFERENCE)
+    assert wr.missing_models(graph, [models]) == []
+    assert not (models / ".model-swap-downloads").exists()
+    fetched = {path for _, path in hub.gets}
+    # only the fp16 weights of the diffusers folder, not the full-precision twins the repo also holds
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fetched
+    assert "unet/diffusion_pytorch_model.safetensors" not in fetched
+    assert set(hub.gets.values()) == {1}
+    zipped = models / "insightface" / "models" / "antelopev2"
+    assert sorted(p.name for p in zipped.iterdir()) == ["genderage.onnx", "glintr100.onnx", "scrfd_10g_bnkps.onnx"]
+
+    stamp = {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()}
+    hub.gets.clear()
+    again = install(hub, "--workflow", WITH_REFERENCE, "--models-dir", models)  # no licence question either
+    assert again.returncode == 0, again.stderr
+    assert sum(hub.gets.values()) == 0
+    assert {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()} == stamp
+    assert "Every model is in place" in again.stderr
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
+    """Both transfers are cut half way. huggingface_hub retries the hub file within the run (from
+    what it had written: nothing, below its 10 MB write chunk); the zip resumes in the next run from
+    its .part file with a Range request, and only the missing bytes travel."""
+    models = tmp_path / "models"
+    weights = ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "unet/diffusion_pytorch_model.fp16.safetensors")
+    hub.cut = {weights, ("files", "antelopev2.zip")}
+    hub.ranges.clear()
+    hub.gets.clear()
+    first = install(hub, "--workflow", DEFAULT, "--models-dir", models, "--accept-non-commercial")
+    assert first.returncode == 1, first.stderr
+    assert "antelopev2" in first.stderr and "Run again to resume" in first.stderr
+    assert hub.gets[weights] == 2  # cut, then fetched again by the hub client
+    unet = models / "diffusers" / weights[0].split("/")[1] / weights[1]
+    assert unet.read_bytes() == hub.repos[weights[0]][weights[1]]
+    missing = wr.missing_models(wr.load_workflow(DEFAULT), [models])
+    assert len(missing) == 1 and "antelopev2" in missing[0]
+    (part,) = (models / ".model-swap-downloads").glob("*.part")
+    assert 0 < part.stat().st_size < len(hub.files["antelopev2.zip"])
+    already = part.stat().st_size
+
+    second = install(hub, "--workflow", DEFAULT, "--models-dir", models, "--accept-non-commercial")
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stderr
+    assert wr.missing_models(wr.load_workflow(DEFAULT), [models]) == []
+    assert hub.ranges == [("files", "antelopev2.zip", already)]
+    assert hub.gets[weights] == 2  # the finished file was not fetched again
+
+
+def test_a_corrupted_download_is_detected_and_removed(hub, tmp_path):
+    models = tmp_path / "models"
+    repo, path = "fashn-ai/fashn-human-parser", "model.safetensors"
+    good = hub.repos[repo][path]
+    hub.corrupt[(repo, path)] = bytes(b ^ 0xFF for b in good[:64]) + good[64:]
+    zipped = hub.files["antelopev2.zip"]
+    hub.files["antelopev2.zip"] = zipped[:-10] + b"0123456789"
+    try:
+        done = install(hub, "--model", "human_parser", "--model", "antelopev2", "--models-dir", models,
+                       "--accept-non-commercial")
+    finally:
+        hub.corrupt.clear()
+        hub.files["antelopev2.zip"] = zipped
+    assert done.returncode == 1
+    assert done.stderr.count(" is corrupt (") == 2 and done.stderr.count("it was removed") == 2
+    assert "SHA-256" in done.stderr
+    assert not (models / "human_parsing" / "fashn-human-parser" / path).exists()
+    assert not (models / "insightface" / "models" / "antelopev2").exists()
+    leftovers = [p for p in (models / ".model-swap-downloads").rglob("*") if p.is_file() and "metadata" not in p.name]
+    assert [p for p in leftovers if p.suffix in (".part", ".safetensors")] == []
+    fixed = install(hub, "--model", "human_parser", "--model", "antelopev2", "--models-dir", models,
+                    "--accept-non-commercial")
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_a_gated_repo_answers_401_and_the_message_names_hf_token(hub, tmp_path):
+    hub.gated.add("h94/IP-Adapter-FaceID")
+    try:
+        done = install(hub, "--model", "faceid", "--models-dir", tmp_path, "--accept-non-commercial")
+    finally:
+        hub.gated.clear()
+    assert done.returncode == 3
+    assert "HF_TOKEN" in done.stderr and "https://huggingface.co/h94/IP-Adapter-FaceID" in done.stderr
+    assert not (tmp_path / "ipadapter" / "ip-adapter-faceid_sdxl.bin").exists()
+
+
+def test_non_commercial_weights_wait_for_the_licence_flag_and_offline_mode_is_respected(hub, tmp_path):
+    hub.gets.clear()
+    done = install(hub, "--model", "faceid", "--models-dir", tmp_path)
+    assert done.returncode == 4
+    assert "NON-COMMERCIAL" in done.stderr and "--accept-non-commercial" in done.stderr
+    offline = install(hub, "--model", "yunet", "--models-dir", tmp_path, env=hub_env(hub, HF_HUB_OFFLINE="1"))
+    assert offline.returncode == 3 and "HF_HUB_OFFLINE" in offline.stderr
+    assert sum(hub.gets.values()) == 0
