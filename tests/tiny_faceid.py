@@ -75,11 +75,13 @@ def tiny_unet():
 
 
 def attn_layout(unet=None) -> list[tuple[int, str, int, int | None]]:
-    """(idx, processor name, hidden size, cross-attention dim or None) in ``attn_processors`` order:
-    the loader's own computation (diffusers' ``load_ip_adapter`` then checks every key and shape)."""
-    from comfyui_model_swap.nodes.pipeline.ip_adapter import attn_layout as layout
-
-    return layout(unet if unet is not None else tiny_unet())
+    """(idx, processor name, hidden size, cross-attention dim or None) in ``unet.attn_processors`` order,
+    the order diffusers' ``load_ip_adapter`` numbers the ``ip_adapter`` keys by."""
+    unet = unet if unet is not None else tiny_unet()
+    cad = unet.config.cross_attention_dim
+    return [(idx, name, unet.get_submodule(name.rsplit(".", 1)[0]).to_q.in_features,
+             None if name.endswith("attn1.processor") else cad)
+            for idx, name in enumerate(unet.attn_processors)]
 
 
 def _rand(gen: torch.Generator, *shape: int, std: float = 0.05) -> torch.Tensor:
