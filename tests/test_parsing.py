@@ -164,17 +164,96 @@ def test_model_receives_fashns_exact_preprocessing(parser):
     np.testing.assert_allclose(x[0].numpy(), expected.transpose(2, 0, 1), rtol=0, atol=1e-5)
 
 
-def test_logits_are_upsampled_bilinearly_to_the_input_size_then_argmaxed(parser):
+def _capture_logits(parser, monkeypatch):
+    """Record the low-resolution logits the parser computes (its folded forward pass)."""
+    seen = []
+    original = parser.logits
+
+    def spy(x):
+        out = original(x)
+        seen.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(parser, "logits", spy)
+    return seen
+
+
+def _assert_argmax_of_bilinear_upsampling(labels, logits, size_hw):
+    """``labels`` equal FASHN's post-processing of ``logits`` (bilinear to ``size_hw``, then argmax),
+    except at float near-ties (top-2 gap under 1e-5 of the logits' scale), where the rounding
+    order may decide."""
+    up = F.interpolate(logits.float(), size=size_hw, mode="bilinear", align_corners=False)
+    expected = up.argmax(dim=1)[0].numpy()
+    top2 = torch.topk(up, 2, dim=1).values[0]
+    tie = (top2[0] - top2[1]).numpy() < 1e-5 * up.abs().max().item()
+    assert labels.shape == expected.shape
+    assert np.array_equal(labels[~tie], expected[~tie])
+    assert tie.mean() < 1e-2
+
+
+def test_logits_are_upsampled_bilinearly_to_the_input_size_then_argmaxed(parser, monkeypatch):
     image = _random_image(301, 211, seed=2)
-    logits = []
-    handle = parser.model.register_forward_hook(lambda mod, args, out: logits.append(out.logits.detach()))
-    try:
-        labels = parser.parse(image)
-    finally:
-        handle.remove()
+    logits = _capture_logits(parser, monkeypatch)
+    labels = parser.parse(image)
     assert logits[0].shape == (1, 18, 144, 96)
-    up = F.interpolate(logits[0], size=(301, 211), mode="bilinear", align_corners=False)
-    assert np.array_equal(labels, up.argmax(dim=1)[0].numpy().astype(np.uint8))
+    _assert_argmax_of_bilinear_upsampling(labels, logits[0], (301, 211))
+
+
+def _blocky_logits(seed, h=144, w=96, classes=18):
+    """Logits whose argmax forms regions a few cells wide (like a real parse), with noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, classes, h // 12, w // 12, generator=g) * 4
+    smooth = F.interpolate(coarse, size=(h, w), mode="nearest")
+    return (smooth + 0.5 * torch.randn(1, classes, h, w, generator=g))[0]
+
+
+@pytest.mark.parametrize("size_hw", [(577, 383), (144, 96), (100, 60), (16, 16), (1025, 17)])
+def test_upsampled_argmax_equals_argmax_of_the_full_bilinear_upsampling(size_hw):
+    for seed, logits in enumerate([_blocky_logits(0), torch.randn(18, 144, 96), _blocky_logits(1) * 1e-3]):
+        labels = parsing.upsampled_argmax(logits, size_hw)
+        assert labels.dtype == np.uint8, seed
+        _assert_argmax_of_bilinear_upsampling(labels, logits[None], size_hw)
+
+
+def test_upsampled_argmax_keeps_exact_ties_on_the_lower_class_like_torch():
+    logits = torch.zeros(18, 6, 4)
+    logits[5, :3] = 1.0
+    logits[2, :3] = 1.0  # 2 and 5 tie in the top half: argmax takes the first, 2
+    logits[9, 3:] = 2.0
+    labels = parsing.upsampled_argmax(logits, (60, 40))
+    expected = F.interpolate(logits[None], size=(60, 40), mode="bilinear", align_corners=False).argmax(1)[0]
+    assert np.array_equal(labels, expected.numpy())
+    assert set(np.unique(labels)) == {2, 9}
+
+
+def _randomise_head_statistics(model, seed=0):
+    """Trained parsers have non-trivial batch-norm statistics and biases; random init has zeros."""
+    g = torch.Generator().manual_seed(seed)
+    head = model.decode_head
+    with torch.no_grad():
+        bn = head.batch_norm
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.5 + (1.0 if t is bn.weight else 0.0))
+        bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+        for mlp in head.linear_projections:
+            mlp.proj.bias.copy_(torch.randn(mlp.proj.bias.shape, generator=g) * 0.1)
+        head.classifier.bias.copy_(torch.randn(head.classifier.bias.shape, generator=g) * 0.1)
+
+
+def test_folded_decode_head_gives_the_published_heads_logits(parser_dir):
+    from transformers import SegformerForSemanticSegmentation
+
+    model = SegformerForSemanticSegmentation.from_pretrained(str(parser_dir), local_files_only=True)
+    _randomise_head_statistics(model)
+    parser = parsing.HumanParser(model)
+    x = torch.from_numpy(parsing.preprocess(_random_image(400, 300, seed=8)))[None]
+    with torch.inference_mode():
+        expected = model(pixel_values=x).logits
+        folded = parser.logits(x)
+    assert folded.shape == expected.shape == (1, 18, 144, 96)
+    scale = expected.abs().max().item()
+    assert scale > 0.1  # the statistics really moved the logits
+    torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5 * scale)
 
 
 def test_label_map_has_the_input_size_dtype_uint8_and_ids_0_to_17(parser):
@@ -246,7 +325,9 @@ def test_colour_keyed_parse_drives_a_swap_mask_that_keeps_garments(keyed_parser)
     assert swap.preserve[expected == 0][:50].all()
 
 
-def test_real_photo_parses_to_a_full_size_map_and_the_keyed_parser_picks_nearest_colours(parser, keyed_parser):
+def test_real_photo_parses_to_a_full_size_map_and_the_keyed_parser_picks_nearest_colours(
+    parser, keyed_parser, monkeypatch
+):
     from skimage import data
 
     photo = data.astronaut()  # 512x512 RGB portrait
@@ -255,20 +336,15 @@ def test_real_photo_parses_to_a_full_size_map_and_the_keyed_parser_picks_nearest
     # The keyed parser's class at each feature cell is the palette colour nearest (in
     # normalised space) to the pixel its stride-4 stem samples: check that by hand on a real,
     # textured photo, then that the full-size map is its bilinear upsampling.
-    logits = []
-    handle = keyed_parser.model.register_forward_hook(lambda mod, args, out: logits.append(out.logits.detach()))
-    try:
-        keyed = keyed_parser.parse(photo)
-    finally:
-        handle.remove()
+    logits = _capture_logits(keyed_parser, monkeypatch)
+    keyed = keyed_parser.parse(photo)
     norm = lambda rgb: (rgb.astype(np.float32) / 255.0 - parsing.IMAGENET_MEAN) / parsing.IMAGENET_STD  # noqa: E731
     sampled = cv2.resize(photo, (384, 576), interpolation=cv2.INTER_AREA)[::4, ::4]
     dist = ((norm(sampled)[:, :, None, :] - norm(masks.PALETTE)[None, None]) ** 2).sum(-1)
     agreement = (logits[0][0].argmax(0).numpy() == dist.argmin(-1)).mean()
     assert agreement > 0.999  # only float near-ties may differ
     assert len(np.unique(keyed)) >= 5  # a real photo spans several palette colours
-    up = F.interpolate(logits[0], size=(512, 512), mode="bilinear", align_corners=False)
-    assert np.array_equal(keyed, up.argmax(1)[0].numpy())
+    _assert_argmax_of_bilinear_upsampling(keyed, logits[0], (512, 512))
 
 
 def test_full_size_config_is_segformer_b4_with_18_labels():
