@@ -59,28 +59,16 @@ PROMPT_CACHE_SIZE = 32
 FOLDER_FILES = ("model_index.json", "transformer/config.json", "text_encoder/config.json",
                 "tokenizer", "vae/config.json", "scheduler/scheduler_config.json")
 
-# Where each file is published, for messages. The pack's model table (model_files.MODELS) wins
-# when it has the key.
-_PUBLISHED = {
-    "flux2_klein": ("diffusers", "FLUX.2-klein-4B", "https://huggingface.co/black-forest-labs/FLUX.2-klein-4B"),
-    "flux2_klein_transformer": ("diffusion_models", "flux-2-klein-4b.safetensors",
-                                "https://huggingface.co/Comfy-Org/flux2-klein (split_files/diffusion_models); FP8: "
-                                "flux-2-klein-4b-fp8.safetensors from https://huggingface.co/black-forest-labs/FLUX.2-klein-4b-fp8"),
-    "flux2_klein_text_encoder": ("text_encoders", "qwen_3_4b.safetensors",
-                                 "https://huggingface.co/Comfy-Org/flux2-klein (split_files/text_encoders)"),
-    "flux2_klein_vae": ("vae", "flux2-vae.safetensors", "https://huggingface.co/Comfy-Org/flux2-klein (split_files/vae)"),
-}
-
-
-def _published(key: str) -> tuple[str, str, str]:
-    from .. import model_files
-
-    spec = model_files.MODELS.get(key)
-    return (spec.folder, spec.name, spec.source) if spec is not None else _PUBLISHED[key]
+# model_files.MODELS keys of what this engine loads
+FOLDER_KEY, TRANSFORMER_KEY, TEXT_ENCODER_KEY, VAE_KEY = (
+    "flux2_klein", "flux2_klein_transformer", "flux2_klein_text_encoder", "flux2_vae")
 
 
 def _missing(key: str, path: Path | None, problem: str) -> MissingModelError:
-    folder, name, source = _published(key)
+    from .. import model_files
+
+    spec = model_files.MODELS[key]
+    folder, name, source = spec.folder, spec.name, spec.source
     where = f" ({path})" if path is not None else ""
     return MissingModelError(
         f"FLUX.2 klein 4B: {problem}{where}. Place '{name}' in ComfyUI/models/{folder}/ (download from {source}).",
@@ -116,14 +104,15 @@ def check_files(files: Files) -> None:
                 "FLUX.2 klein: give either a diffusers folder or the three single files, not both.")
         folder = Path(files.folder)
         if not folder.is_dir():
-            raise _missing("flux2_klein", folder, "the diffusers folder does not exist")
+            raise _missing(FOLDER_KEY, folder, "the diffusers folder does not exist")
         for rel in FOLDER_FILES:
             if not (folder / rel).exists():
-                raise _missing("flux2_klein", folder / rel, f"the diffusers folder lacks {rel}")
+                raise _missing(FOLDER_KEY, folder / rel, f"the diffusers folder lacks {rel}")
         return
-    for key, path in zip(("flux2_klein_transformer", "flux2_klein_text_encoder", "flux2_klein_vae"), singles):
+    for key, what, path in zip((TRANSFORMER_KEY, TEXT_ENCODER_KEY, VAE_KEY), ("transformer", "text encoder", "VAE"),
+                               singles):
         if path is None:
-            raise _missing(key, None, f"no {key.removeprefix('flux2_klein_').replace('_', ' ')} file was given")
+            raise _missing(key, None, f"no {what} file was given")
         if not Path(path).is_file():
             raise _missing(key, Path(path), "the file does not exist")
         if not str(path).lower().endswith((".safetensors", ".sft")):
@@ -183,7 +172,7 @@ def _dequantize_fp8(state: dict) -> tuple[dict, bool]:
 def _load_transformer_file(path: Path, configs: Path, dtype):
     from diffusers import Flux2Transformer2DModel
 
-    key = "flux2_klein_transformer"
+    key = TRANSFORMER_KEY
     state = _strip_prefix(_read_safetensors(key, path), ("model.diffusion_model.", "diffusion_model."))
     if "single_stream_modulation.lin.weight" not in state:
         raise _missing(key, path, "the file is not a FLUX.2 transformer in BFL's layout (no "
@@ -213,7 +202,7 @@ def _load_text_encoder_file(path: Path, configs: Path, dtype):
     from accelerate import init_empty_weights
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    key = "flux2_klein_text_encoder"
+    key = TEXT_ENCODER_KEY
     state = _read_safetensors(key, path)
     if any(v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8) for v in state.values()):
         raise _missing(key, path, "quantised (FP8/FP4) Qwen3 files are not supported; use the bf16 "
@@ -253,7 +242,7 @@ def _load_vae_file(path: Path, configs: Path, dtype):
     from diffusers import AutoencoderKLFlux2
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    key = "flux2_klein_vae"
+    key = VAE_KEY
     state = _strip_prefix(_read_safetensors(key, path), ("first_stage_model.", "vae."))
     config = AutoencoderKLFlux2.load_config(str(configs / "vae"), local_files_only=True)
     if "bn.running_mean" not in state:
@@ -305,7 +294,7 @@ def _components(files: Files, dtype) -> dict:
                 "fp8": False,
             }
         except (OSError, ValueError, RuntimeError) as exc:
-            raise _missing("flux2_klein", folder, f"the diffusers folder could not be loaded ({type(exc).__name__}: "
+            raise _missing(FOLDER_KEY, folder, f"the diffusers folder could not be loaded ({type(exc).__name__}: "
                                                   f"{exc}); download it again") from exc
     configs = Path(files.configs)
     transformer, fp8 = _load_transformer_file(Path(files.transformer), configs, dtype)
@@ -442,15 +431,13 @@ class Flux2KleinEngine:
                 return {}
             if "thresholds" not in state:
                 state["thresholds"] = torch.as_tensor(strength_thresholds(total), dtype=embeds.dtype)
+            # Step i's update stands only where the token was free at step i (strength >= threshold i);
+            # elsewhere the token goes back to the source noised to the next sigma (after
+            # scheduler.step, scale_noise uses it, as in the pipeline's own blend), or after the last
+            # step to the source itself.
             latents = kwargs["latents"]
-            if i + 1 < total:
-                threshold = state["thresholds"][i + 1]
-                # after scheduler.step, scale_noise uses the next sigma (the pipeline's own blend does the same)
-                target = p.scheduler.scale_noise(src_packed, torch.tensor([t]), noise)
-            else:
-                threshold = state["thresholds"][total - 1]
-                target = src_packed
-            held = token_strength < threshold.to(token_strength.device)
+            target = p.scheduler.scale_noise(src_packed, torch.tensor([t]), noise) if i + 1 < total else src_packed
+            held = token_strength < state["thresholds"][i].to(token_strength.device)
             return {"latents": torch.where(held, target.to(latents.dtype), latents)}
 
         binary = Image.fromarray(((mask > 0).astype(np.uint8) * 255), mode="L")
