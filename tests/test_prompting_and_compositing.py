@@ -67,6 +67,20 @@ def test_composite_copies_the_original_exactly_where_alpha_is_zero():
     assert np.array_equal(out[alpha == 1], gen[alpha == 1])
 
 
+def test_composite_is_the_rounded_float_blend_at_every_pixel():
+    rng = np.random.default_rng(3)
+    orig = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    gen = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    alpha = rng.random((40, 50)).astype(np.float32)
+    alpha[rng.random((40, 50)) < 0.3] = 0.0
+    alpha[rng.random((40, 50)) < 0.3] = 1.0
+    a = alpha[:, :, None]
+    expected = np.clip(np.rint(orig.astype(np.float32) * (1.0 - a) + gen.astype(np.float32) * a), 0, 255)
+    out = compositing.composite(orig, gen, alpha)
+    assert out.dtype == np.uint8 and np.array_equal(out, expected.astype(np.uint8))
+    assert np.array_equal(compositing.composite(orig, gen, np.zeros((40, 50), np.float32)), orig)
+
+
 def test_native_output_keeps_full_resolution_pixels_outside_the_band():
     rng = np.random.default_rng(2)
     native = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
