@@ -59,8 +59,11 @@ def test_registry_reads_klein_capabilities_without_loading_models():
 def test_single_files_in_bfl_and_comfyui_layouts_load_the_same_model_as_the_folder(paths, engine):
     import torch
 
+    from comfyui_model_swap.nodes.pipeline.engines import Engine
+
     single = flux2_klein.load(_single_files(paths), device="cpu")
-    assert not single.fp8
+    assert isinstance(single, Engine) and isinstance(engine, Engine)
+    assert not single.fp8 and engine.capabilities.name == "flux2_klein"
     for name, a, b in (("transformer", engine.pipe.transformer, single.pipe.transformer),
                        ("vae", engine.pipe.vae, single.pipe.vae),
                        ("text encoder", engine.text_encoder, single.text_encoder)):
@@ -185,6 +188,29 @@ def test_fp8_transformer_stays_fp8_in_memory_and_matches_its_upcast_weights(path
     a, _ = fp8.sample(_request(seeds=(2,)))
     b, _ = upcast.sample(_request(seeds=(2,)))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_scaled_fp8_file_is_dequantised_with_its_scales(paths, engine, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    scaled = {}
+    for key, value in load_file(str(paths["transformer"])).items():
+        if value.ndim == 2:  # ComfyUI's "scaled fp8": weight / scale in FP8, the scale beside it
+            scale = value.abs().max() / 448.0
+            scaled[key] = (value / scale).to(torch.float8_e4m3fn)
+            scaled[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(1)
+        else:
+            scaled[key] = value
+    save_file(scaled, str(tmp_path / "klein-scaled-fp8.safetensors"))
+    files = flux2_klein.Files(transformer=tmp_path / "klein-scaled-fp8.safetensors", text_encoder=paths["text_encoder"],
+                              vae=paths["vae"], configs=paths["configs"])
+    loaded = flux2_klein.load(files, device="cpu")
+    assert not loaded.fp8  # dequantised to the engine dtype, not re-cast to FP8 without the scale
+    got = loaded.pipe.transformer.transformer_blocks[0].attn.to_q.weight
+    want = engine.pipe.transformer.transformer_blocks[0].attn.to_q.weight
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0.07, atol=want.abs().max().item() / 64)
 
 
 def test_missing_and_wrong_files_name_file_folder_and_source(paths, tmp_path):

@@ -313,7 +313,15 @@ def _components(files: Files, dtype) -> dict:
 
 def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> "Flux2KleinEngine":
     """Load FLUX.2 klein 4B from ``files`` onto ``device`` (bf16 on CUDA, float32 on CPU by default)."""
-    from diffusers import Flux2KleinInpaintPipeline
+    try:
+        from diffusers import Flux2KleinInpaintPipeline
+    except ImportError as exc:
+        import diffusers
+
+        raise MissingModelError(
+            f"FLUX.2 klein needs diffusers >= 0.38 (Flux2KleinInpaintPipeline); this environment has "
+            f"{diffusers.__version__}: run 'pip install -U diffusers' in ComfyUI's Python environment.",
+            filename="diffusers", source="https://pypi.org/project/diffusers/") from exc
 
     check_files(files)
     dev = common.resolve_device(device)
