@@ -216,7 +216,11 @@ def _load_text_encoder_file(path: Path, configs: Path, dtype):
         shape = None if emb is None else tuple(emb.shape)
         raise _missing(key, path, f"the file is not Qwen3-4B (embed_tokens {shape}, expected "
                                   f"({config.vocab_size}, {config.hidden_size}))")
-    with init_empty_weights():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    with init_empty_weights(), no_init_weights():  # every weight comes from the file: skip random init
         model = Qwen3ForCausalLM(config)
     wanted = set(model.state_dict())
     missing = sorted(wanted - set(state) - {"lm_head.weight"})
