@@ -131,3 +131,60 @@ def test_a_base64_result_after_a_restart_answers_a_clear_error_not_404(tmp_path)
     assert done["status"] == "completed" and code == 200
     assert body["status"] == "failed" and "return_base64" in body["error"]["message"]
     assert done["output"][0].split(",")[1][:60].encode() not in disk_bytes(db)
+
+
+# ------------------------------------------------------------------------------ Redis, in-process
+
+def test_redis_store_two_servers_share_jobs_and_a_dead_servers_jobs_are_taken_over(tmp_path):
+    """Two API servers (fake queues) on one real redis-server: 40 predictions round-robin; the first
+    server dies abruptly (no job acknowledged) while holding jobs; all 40 end exactly once."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from comfyui_model_swap.nodes.fashn_api.app import FashnApi
+    from comfyui_model_swap.nodes.fashn_api.store_redis import RedisStore
+    from test_api_app import FakeQueue, Harness
+    from test_api_redis import RedisServer
+
+    config = ApiConfig(max_in_flight=64, claim_s=0.6, worker_slots=2)
+
+    async def main(redis_url):
+        harnesses = []
+        for name in ("a", "b"):
+            queue = FakeQueue(tmp_path / name)
+            queue.seen.add("processing")  # jobs run without waiting for a client to look
+            store = RedisStore(redis_url, prefix="unit", max_in_flight=64, slots=2, claim_s=config.claim_s,
+                               keep_running_s=600)
+            api = FashnApi(config, queue, store)
+            routes = web.RouteTableDef()
+            api.add_routes(routes)
+            application = web.Application()
+            application.add_routes(routes)
+            api.start()
+            client = TestClient(TestServer(application, host="127.0.0.1"))
+            await client.start_server()
+            harnesses.append(Harness(client, api, queue))
+        a, b = harnesses
+        a.queue.hold.clear()  # the first server's jobs never leave its queue: it dies holding them
+        ids = []
+        for i in range(40):
+            code, body = await harnesses[i % 2].run({"model_image": png_uri(), "seed": i, "return_base64": i % 4 != 0})
+            assert code == 200, body
+            ids.append(body["id"])
+        while len(a.queue.graphs) < 2:
+            await asyncio.sleep(0.01)
+        held = list(a.queue.graphs)
+        await a.api.close()  # dies: nothing acknowledged, claims no longer renewed
+        await a.client.close()
+        finals = [(await b.until_done(pid, timeout=60))[0] for pid in ids]
+        ended = int(await b.api.store.redis.get("unit:ended"))
+        pending = await b.api.store.redis.xpending("unit:jobs", "workers")
+        await b.api.close()
+        await b.client.close()
+        return held, finals, ended, pending, ids
+
+    with RedisServer(tmp_path / "redis") as redis_server:
+        held, finals, ended, pending, ids = asyncio.run(main(redis_server.url))
+    assert [f["status"] for f in finals] == ["completed"] * 40
+    assert set(held) <= set(ids) and len(held) == 2
+    assert ended == 40 and pending["pending"] == 0
