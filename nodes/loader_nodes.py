@@ -8,7 +8,7 @@ never reloads weights.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from pathlib import Path
 
 from comfy_api.latest import io
 
@@ -21,14 +21,6 @@ ParserType = io.Custom("MODELSWAP_PARSER")
 FaceAnalyzerType = io.Custom("MODELSWAP_FACE_ANALYZER")
 NONE = "none"
 DEVICES = ["auto", "cuda", "cpu"]
-
-
-@dataclass
-class Generator:
-    """What ModelSwapSampler and FaceRefine sample with: the engine and its FaceID state."""
-
-    engine: object
-    faceid: object  # ip_adapter.FaceIDChoice or None
 
 
 class PipelineLoader(io.ComfyNode):
@@ -56,7 +48,8 @@ class PipelineLoader(io.ComfyNode):
                                tooltip="IP-Adapter FaceID (plain or PlusV2) from models/ipadapter; needed for a "
                                        "face reference."),
                 io.Combo.Input("faceid_lora", options=["auto", NONE] + glue.list_files("loras"), default="auto",
-                               tooltip="FaceID LoRA from models/loras; 'auto' uses the LoRA inside the FaceID file."),
+                               tooltip="FaceID LoRA from models/loras; 'auto' uses the LoRA inside the FaceID file, "
+                                       "'none' runs the adapter without its LoRA."),
                 io.Combo.Input("clip_vision", options=[NONE] + glue.list_files("clip_vision"), default=NONE,
                                tooltip="CLIP ViT-H/14 image encoder from models/clip_vision; FaceID PlusV2 only."),
                 io.Combo.Input("device", options=DEVICES, default="auto",
@@ -73,20 +66,21 @@ class PipelineLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, controlnet, faceid, faceid_lora, clip_vision, device, dtype, offload):
         glue.require_module("diffusers", "Model Swap Pipeline Loader", "diffusers>=0.32")
-        from .pipeline import ip_adapter, sdxl_loader
+        from .pipeline.engines import sdxl
+        from .pipeline.engines.faceid import FaceIDFiles
 
         kind = "checkpoints" if model_files.generator_key(model) == "sdxl_checkpoint" else "diffusers"
-        control = None if controlnet == NONE else glue.model_path("controlnet", controlnet)
-        engine = sdxl_loader.load_engine(glue.model_path(kind, model), controlnet_path=control,
-                                         device=glue.torch_device(device), dtype=None if dtype == "auto" else dtype,
-                                         offload=offload)
-        choice = None
+        adapter = None
         if faceid != NONE:
-            lora = None if faceid_lora in ("auto", NONE) else glue.model_path("loras", faceid_lora)
-            encoder = None if clip_vision == NONE else glue.model_path("clip_vision", clip_vision)
-            choice = ip_adapter.FaceIDChoice(glue.model_path("ipadapter", faceid), lora, encoder)
-        ip_adapter.ensure_faceid(engine, choice)
-        return io.NodeOutput(Generator(engine=engine, faceid=choice))
+            lora = None if faceid_lora in ("auto", NONE) else Path(glue.model_path("loras", faceid_lora))
+            encoder = None if clip_vision == NONE else Path(glue.model_path("clip_vision", clip_vision))
+            adapter = FaceIDFiles(adapter=Path(glue.model_path("ipadapter", faceid)), lora=lora,
+                                  image_encoder=encoder, lora_scale=0.0 if faceid_lora == NONE else 1.0)
+        control = None if controlnet == NONE else Path(glue.model_path("controlnet", controlnet))
+        files = sdxl.Files(model=Path(glue.model_path(kind, model)), faceid=adapter, controlnet=control)
+        engine = sdxl.load(files, device=glue.torch_device(device), dtype=None if dtype == "auto" else dtype,
+                           offload=offload)
+        return io.NodeOutput(engine)
 
 
 class HumanParserLoader(io.ComfyNode):

@@ -1,39 +1,23 @@
 """The four model-swap nodes: GarmentMask -> IdentityEncode -> ModelSwapSampler -> FaceRefine.
 
-A MODELSWAP_JOB (one per image of the input batch) travels along the chain;
-each node copies the jobs it receives and runs one pipeline stage on the copy,
-so ComfyUI's cache can re-run any later node without seeing another's changes.
-Widget defaults are FASHN Model Swap's (seed 42, one image, match_reference).
+A MODELSWAP_JOB (a list: one immutable stage value per image of the input batch) travels
+along the chain; each node calls one stage function of ``pipeline.pipeline`` and passes the
+new values on, so ComfyUI's cache can re-run any later node safely. Widget ranges come from
+``pipeline.contract``; defaults are FASHN Model Swap's (seed 42, one image, match_reference).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 from comfy_api.latest import io
 
 from . import comfy_glue as glue
 from .loader_nodes import FaceAnalyzerType, GeneratorType, ParserType
-from .pipeline.contract import MODES, SEED_MAX
+from .pipeline import contract as c
 
 JobType = io.Custom("MODELSWAP_JOB")
 DEFAULT_CLASSES = "face, hair, torso, arms, hands, legs, feet"
 OUTPUT_SIZES = {"1k": "processing", "2k": "2k", "4k": "4k", "native": "native"}
-
-
-def _fork(job):
-    """A copy a node may change without touching the cached output it came from."""
-    return dataclasses.replace(job, notes=list(job.notes), timings=dict(job.timings), generated=list(job.generated),
-                               face_crops=list(job.face_crops), face_masks=list(job.face_masks))
-
-
-def _pipeline(generator=None, parser=None, analyzer=None):
-    from .pipeline.pipeline import ModelSwapPipeline
-
-    engine = None if generator is None else generator.engine
-    faceid = ModelSwapPipeline.KEEP_ADAPTER if generator is None else generator.faceid
-    return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer, faceid=faceid)
 
 
 class GarmentMask(io.ComfyNode):
@@ -53,10 +37,10 @@ class GarmentMask(io.ComfyNode):
                                 tooltip="Classes to regenerate, comma separated, from: face, hair, top, dress, skirt, "
                                         "pants, belt, bag, hat, scarf, glasses, arms, hands, legs, feet, torso, "
                                         "jewelry. Remove 'hair' to keep the hair."),
-                io.Int.Input("grow", default=4, min=-64, max=64,
+                io.Int.Input("grow", default=4, min=c.GROW[0], max=c.GROW[1],
                              tooltip="Grow (positive) or shrink (negative) the regenerate mask, in pixels at "
                                      "processing size."),
-                io.Int.Input("feather", default=8, min=0, max=64,
+                io.Int.Input("feather", default=8, min=c.FEATHER[0], max=c.FEATHER[1],
                              tooltip="Width in pixels of the blend band outside the mask; beyond it every pixel "
                                      "equals the input exactly."),
                 io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="1k",
@@ -79,17 +63,16 @@ class GarmentMask(io.ComfyNode):
     def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None):
         from .pipeline import masks
         from .pipeline.compositing import upscale_alpha
-        from .pipeline.pipeline import SwapOptions, output_hw
+        from .pipeline.pipeline import MaskSettings, output_hw, prepare
 
         images = glue.images_from_tensor(image)
         ext = [None] * len(images) if mask is None else glue.masks_from_tensor(mask, len(images))
-        options = SwapOptions(regenerate=masks.class_names(regenerate), grow=grow, feather=feather,
-                              output_size=OUTPUT_SIZES[output_size])
-        pipe = _pipeline(parser=parser)
-        jobs = [pipe.prepare(img, options, external_mask=m) for img, m in zip(images, ext)]
+        settings = MaskSettings(regenerate=masks.class_names(regenerate), grow=grow, feather=feather,
+                                output_size=OUTPUT_SIZES[output_size])
+        jobs = [prepare(parser, img, settings, external_mask=m) for img, m in zip(images, ext)]
         out_masks, previews = [], []
         for job in jobs:
-            size = output_hw(job.native.shape[:2], job.image.shape[:2], options.output_size)
+            size = output_hw(job.native.shape[:2], job.image.shape[:2], job.output_size)
             out_masks.append(upscale_alpha(job.swap.alpha, size))
             shown = masks.preview(job.swap.labels) if job.swap.labels is not None else masks.overlay(job.image, job.swap)
             previews.append(shown)
@@ -111,8 +94,9 @@ class IdentityEncode(io.ComfyNode):
                 FaceAnalyzerType.Input("face_analyzer", tooltip="From the InsightFace Loader."),
                 io.Image.Input("face_reference", optional=True,
                                tooltip="Optional photo of the face the new person should have (one clear face)."),
-                io.Float.Input("identity_scale", default=0.8, min=0.0, max=2.0, step=0.05,
-                               tooltip="How strongly the reference identity steers generation (IP-Adapter scale)."),
+                io.Float.Input("identity_scale", default=0.8, min=c.IDENTITY_SCALE[0], max=c.IDENTITY_SCALE[1],
+                               step=0.05, tooltip="How strongly the reference identity steers generation "
+                                                  "(IP-Adapter scale; reference-image engines ignore it)."),
             ],
             outputs=[
                 JobType.Output("encoded_job", display_name="job", tooltip="The swap job, for ModelSwapSampler."),
@@ -122,15 +106,14 @@ class IdentityEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, job, face_analyzer, identity_scale, face_reference=None):
+        from .pipeline.pipeline import encode
+
         refs = [None] if face_reference is None else glue.images_from_tensor(face_reference)
-        pipe = _pipeline(analyzer=face_analyzer)
         out, crops = [], []
-        for i, j in enumerate(job):
-            j = _fork(j)
-            j.options = dataclasses.replace(j.options, identity_scale=identity_scale)
-            pipe.encode(j, refs[min(i, len(refs) - 1)])
-            crops += [f.aligned for f in (j.base_face, j.ref_face) if f is not None]
-            out.append(j)
+        for i, prepared in enumerate(job):
+            encoded = encode(face_analyzer, prepared, refs[min(i, len(refs) - 1)], identity_scale=identity_scale)
+            crops += [f.aligned for f in (encoded.base_face, encoded.ref_face) if f is not None]
+            out.append(encoded)
         if not crops:
             crops = [np.zeros((112, 112, 3), np.uint8)]
         return io.NodeOutput(out, glue.tensor_from_images(crops))
@@ -145,28 +128,38 @@ class ModelSwapSampler(io.ComfyNode):
             node_id=f"{glue.PACK}_Sampler",
             display_name="ModelSwapSampler",
             category=glue.CATEGORY,
-            description="Regenerates the person (skin, hair, face) with SDXL inpainting, all images in one batch. "
-                        "Image i uses seed + i. An empty prompt draws a new identity from the seed.",
+            description="Regenerates the person (skin, hair, face) with the loaded engine, all images in one batch. "
+                        "Image i uses seed + i. An empty prompt draws a new identity from the seed. Face and hair are "
+                        "regenerated fully, body skin at body_strength (shape and shading kept, tone changed).",
             inputs=[
                 GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
                 JobType.Input("job", tooltip="From IdentityEncode."),
                 io.String.Input("prompt", default="", multiline=True,
                                 tooltip="Who the new person is. Empty: automatic (apparent sex and age kept, skin "
                                         "tone, ethnicity, hair and age band drawn from the seed)."),
-                io.Int.Input("seed", default=42, min=0, max=SEED_MAX,
+                io.Int.Input("seed", default=42, min=0, max=c.SEED_MAX,
                              tooltip="Same seed, same person; image i uses seed + i."),
-                io.Int.Input("num_images", default=1, min=1, max=4, tooltip="How many different people, 1 to 4."),
-                io.Int.Input("steps", default=30, min=1, max=150, tooltip="Sampling steps."),
-                io.Float.Input("guidance_scale", default=5.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance: how closely to follow the prompt."),
-                io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
+                io.Int.Input("num_images", default=1, min=1, max=c.MAX_IMAGES,
+                             tooltip=f"How many different people, 1 to {c.MAX_IMAGES}."),
+                io.Int.Input("steps", default=30, min=c.STEPS[0], max=c.STEPS[1],
+                             tooltip="Sampling steps (SDXL: 30; FLUX.2 klein: 4)."),
+                io.Float.Input("guidance_scale", default=5.0, min=c.GUIDANCE[0], max=c.GUIDANCE[1], step=0.1,
+                               tooltip="Classifier-free guidance: how closely to follow the prompt (engines "
+                                       "without guidance, such as the distilled FLUX.2 klein, ignore it)."),
+                io.Float.Input("strength", default=1.0, min=c.STRENGTH[0], max=c.STRENGTH[1], step=0.01,
                                tooltip="How much of the masked region is re-drawn (1 = fully)."),
                 io.String.Input("negative_prompt", default=NEGATIVE_PROMPT, multiline=True,
                                 tooltip="What to avoid."),
                 io.Image.Input("control_image", optional=True,
                                tooltip="Pose/hand control image; required when the pipeline has a ControlNet."),
-                io.Float.Input("controlnet_scale", default=0.8, min=0.0, max=2.0, step=0.05,
+                io.Float.Input("controlnet_scale", default=0.8, min=c.CONTROLNET_SCALE[0],
+                               max=c.CONTROLNET_SCALE[1], step=0.05,
                                tooltip="ControlNet strength (used only with a ControlNet)."),
+                io.Float.Input("body_strength", default=c.DEFAULT_BODY_STRENGTH, min=c.BODY_STRENGTH[0],
+                               max=c.BODY_STRENGTH[1], step=0.05, optional=True,
+                               tooltip="Share of the sampling schedule in which body skin (torso, arms, hands, legs, "
+                                       "feet) may change; face and hair always get all of it. Lower keeps more of "
+                                       "the body's shape and shading, higher changes its tone more freely."),
             ],
             outputs=[
                 JobType.Output("sampled_job", display_name="job", tooltip="The swap job, for FaceRefine."),
@@ -176,22 +169,22 @@ class ModelSwapSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, generator, job, prompt, seed, num_images, steps, guidance_scale, strength, negative_prompt,
-                controlnet_scale, control_image=None):
+                controlnet_scale, control_image=None, body_strength=c.DEFAULT_BODY_STRENGTH):
+        from .pipeline.pipeline import GenerateSettings, check_engine_fits, finish, generate
+
         controls = [None] if control_image is None else glue.images_from_tensor(control_image)
-        pipe = _pipeline(generator=generator)
+        settings = GenerateSettings(prompt=prompt, seed=seed, num_images=num_images, steps=steps,
+                                    guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
+                                    controlnet_scale=controlnet_scale, body_strength=body_strength)
+        for i, encoded in enumerate(job):  # refuse what the engine cannot do before any sampling
+            check_engine_fits(generator, encoded, controls[min(i, len(controls) - 1)])
         glue.free_comfy_memory()
         out, images = [], []
-        for i, j in enumerate(job):
-            j = _fork(j)
-            j.options = dataclasses.replace(
-                j.options, prompt=prompt, seed=seed, num_images=num_images, steps=steps,
-                guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
-                controlnet_scale=controlnet_scale)
-            j.refined = False
-            pipe.generate(j, control_image=controls[min(i, len(controls) - 1)],
-                          on_step=glue.step_callback(steps))
-            images += pipe.finish(j).images
-            out.append(j)
+        for i, encoded in enumerate(job):
+            sampled = generate(generator, encoded, settings, control_image=controls[min(i, len(controls) - 1)],
+                               on_step=glue.step_callback(steps))
+            images += finish(sampled).images
+            out.append(sampled)
         return io.NodeOutput(out, glue.tensor_from_images(images))
 
 
@@ -202,22 +195,24 @@ class FaceRefine(io.ComfyNode):
             node_id=f"{glue.PACK}_FaceRefine",
             display_name="FaceRefine",
             category=glue.CATEGORY,
-            description="Re-inpaints each output's face at SDXL's working size with the identity, colour-matched to "
-                        "the neck and pasted without seams; then composites exactly onto the input.",
+            description="Re-inpaints each output's face at the engine's working size with the identity, colour-matched "
+                        "to the neck and pasted without seams; then composites exactly onto the input.",
             inputs=[
                 GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
                 JobType.Input("job", tooltip="From ModelSwapSampler."),
-                io.Combo.Input("face_reference_mode", options=list(MODES),
+                io.Combo.Input("face_reference_mode", options=list(c.MODES),
                                default="match_reference",
                                tooltip="match_reference: the reference face's features and expression dominate. "
                                        "match_base: keep the source's head angle, gaze and expression."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off: pass the sampler's images through."),
-                io.Float.Input("strength", default=0.45, min=0.05, max=1.0, step=0.05,
-                               tooltip="How much of the face is re-drawn; 0.3-0.6 keeps the structure."),
-                io.Int.Input("steps", default=12, min=1, max=100, tooltip="Denoising steps actually run."),
-                io.Int.Input("work_size", default=1024, min=64, max=2048, step=8,
-                             tooltip="Side of the square the face crop is sampled at (SDXL: 1024)."),
-                io.Float.Input("margin", default=0.6, min=0.0, max=3.0, step=0.05,
+                io.Float.Input("strength", default=0.45, min=c.REFINE_STRENGTH[0], max=c.REFINE_STRENGTH[1],
+                               step=0.05, tooltip="How much of the face is re-drawn; 0.3-0.6 keeps the structure."),
+                io.Int.Input("steps", default=12, min=c.REFINE_STEPS[0], max=c.REFINE_STEPS[1],
+                             tooltip="Denoising steps actually run."),
+                io.Int.Input("work_size", default=1024, min=c.REFINE_WORK_SIZE[0], max=c.REFINE_WORK_SIZE[1],
+                             step=c.WORK_SIZE_MULTIPLE,
+                             tooltip="Side of the square the face crop is sampled at (SDXL and FLUX.2 klein: 1024)."),
+                io.Float.Input("margin", default=0.6, min=c.REFINE_MARGIN[0], max=c.REFINE_MARGIN[1], step=0.05,
                                tooltip="Context around the face box, as a fraction of its size on every side."),
             ],
             outputs=[
@@ -229,19 +224,17 @@ class FaceRefine(io.ComfyNode):
 
     @classmethod
     def execute(cls, generator, job, face_reference_mode, enabled, strength, steps, work_size, margin):
-        from .pipeline.face_refine import RefineSettings
+        from .pipeline.face_refine import RefineSettings, refine
+        from .pipeline.pipeline import finish
 
-        pipe = _pipeline(generator=generator)
+        settings = RefineSettings(strength=strength, steps=steps, work_size=work_size, margin=margin)
         glue.free_comfy_memory()
         images, crops, crop_masks = [], [], []
-        for j in job:
-            j = _fork(j)
-            j.options = dataclasses.replace(
-                j.options, face_reference_mode=face_reference_mode, refine_faces=enabled,
-                refine=RefineSettings(strength=strength, steps=steps, work_size=work_size, margin=margin))
+        for sampled in job:
             if enabled:
-                pipe.refine(j, on_step=glue.step_callback(steps * len(j.generated)))
-            result = pipe.finish(j)
+                sampled = refine(generator, sampled, settings, mode=face_reference_mode,
+                                 on_step=glue.step_callback(steps * len(sampled.images)))
+            result = finish(sampled)
             images += result.images
             crops += result.face_crops
             crop_masks += result.face_masks

@@ -20,7 +20,7 @@ from PIL import Image
 import comfy_harness
 import tiny_models
 from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline
-from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions
+from comfyui_model_swap.nodes.pipeline.pipeline import MaskSettings, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
@@ -90,8 +90,8 @@ def preserved_region(models: Path, photo: np.ndarray, graph: dict) -> np.ndarray
     from comfyui_model_swap.nodes.pipeline import masks
 
     pipe = load_pipeline([models], ModelChoice(insightface=None), device="cpu")
-    opts = SwapOptions(regenerate=masks.class_names(gm["regenerate"]), grow=gm["grow"], feather=gm["feather"])
-    return pipe.prepare(photo, opts).swap.preserve
+    settings = MaskSettings(regenerate=masks.class_names(gm["regenerate"]), grow=gm["grow"], feather=gm["feather"])
+    return prepare(pipe.parser, photo, settings).swap.preserve
 
 
 # ------------------------------------------------------------------------------- loading
@@ -222,3 +222,72 @@ def test_pack_loads_without_insightface_and_names_the_node_that_needs_it(tmp_pat
         entry = srv.wait(srv.queue_prompt(graph), timeout=300, check=False)
     messages = json.dumps(entry["status"]["messages"])
     assert "Model Swap InsightFace Loader" in messages and "pip install insightface" in messages
+
+
+# ------------------------------------------------------------------------------- engines held by the graph
+
+def _run_image(server, graph) -> np.ndarray:
+    (path,) = server.output_images(server.run(graph, timeout=600))
+    return np.array(Image.open(path).convert("RGB"))
+
+
+def test_two_faceid_configurations_in_one_comfyui_give_their_own_results_in_alternating_order(server, inputs):
+    """Each loader's FaceID state belongs to the engine it returns (a UNet of its own over shared weights),
+    so using one never changes the other: A, B, A, B gives A's and B's results every time. The second
+    round's prompt is a space, which the pipeline strips, so ComfyUI re-executes the samplers for the
+    same result."""
+    def graph(lora: str, prompt: str) -> dict:
+        g = with_inputs(load_api(WORKFLOWS / "model_swap_face_reference_api.json"), inputs, seed=21, prefix=lora)
+        node_of(g, "ModelSwap_PipelineLoader")["inputs"]["faceid_lora"] = lora
+        node_of(g, "ModelSwap_Sampler")["inputs"].update(prompt=prompt, steps=4)
+        node_of(g, "ModelSwap_FaceRefine")["inputs"]["enabled"] = False
+        return g
+
+    a1, b1 = _run_image(server, graph("auto", "")), _run_image(server, graph("none", ""))
+    a2, b2 = _run_image(server, graph("auto", " ")), _run_image(server, graph("none", " "))
+    assert not np.array_equal(a1, b1)  # the two configurations really differ
+    assert np.array_equal(a1, a2) and np.array_equal(b1, b2)
+
+
+def _numeric_widgets(info: dict, node_id: str):
+    for section in ("required", "optional"):
+        for name, spec in info[node_id]["input"].get(section, {}).items():
+            if spec[0] in ("INT", "FLOAT") and "min" in spec[1] and "max" in spec[1]:
+                yield name, spec[1]
+
+
+def test_every_numeric_widget_refuses_values_past_its_limits_at_the_widget(server, inputs):
+    info = server.object_info()
+    checked = 0
+    for node_id in ("ModelSwap_GarmentMask", "ModelSwap_IdentityEncode", "ModelSwap_Sampler", "ModelSwap_FaceRefine",
+                    "ModelSwap_InsightFaceLoader"):
+        for name, spec in _numeric_widgets(info, node_id):
+            step = 1 if isinstance(spec["min"], int) and isinstance(spec["max"], int) else 0.5
+            for bad in (spec["min"] - step, spec["max"] + step):
+                g = with_inputs(load_api(WORKFLOWS / "model_swap_face_reference_api.json"), inputs)
+                node_of(g, node_id)["inputs"][name] = bad
+                with pytest.raises(comfy_harness.PromptRejected) as e:
+                    server.queue_prompt(g)
+                assert name in json.dumps(e.value.body["node_errors"]), (node_id, name, bad)
+                checked += 1
+    assert checked >= 2 * 12
+
+
+def test_the_hardest_legal_widget_combination_runs(server, inputs):
+    """Limits are defined once (contract.py) and inner code trusts them: FaceRefine's smallest strength with
+    its most steps (100 / 0.05 = 2000 scheduler steps) and the sampler's extremes run instead of failing late."""
+    info = server.object_info()
+    g = with_inputs(load_api(WORKFLOWS / "model_swap_face_reference_api.json"), inputs, seed=info[
+        "ModelSwap_Sampler"]["input"]["required"]["seed"][1]["max"], num_images=1)
+    refine = dict(_numeric_widgets(info, "ModelSwap_FaceRefine"))
+    sampler = dict(_numeric_widgets(info, "ModelSwap_Sampler"))
+    node_of(g, "ModelSwap_FaceRefine")["inputs"].update(
+        strength=refine["strength"]["min"], steps=refine["steps"]["max"], work_size=refine["work_size"]["min"],
+        margin=refine["margin"]["max"])
+    node_of(g, "ModelSwap_Sampler")["inputs"].update(
+        steps=sampler["steps"]["min"], strength=sampler["strength"]["min"],
+        guidance_scale=sampler["guidance_scale"]["max"], body_strength=sampler["body_strength"]["min"])
+    node_of(g, "ModelSwap_IdentityEncode")["inputs"]["identity_scale"] = info[
+        "ModelSwap_IdentityEncode"]["input"]["required"]["identity_scale"][1]["max"]
+    out = _run_image(server, g)
+    assert out.shape == inputs["photo"].shape

@@ -17,7 +17,7 @@ from comfyui_model_swap.nodes.pipeline.errors import (
 from comfyui_model_swap.nodes.pipeline.face_refine import RefineSettings
 from comfyui_model_swap.nodes.pipeline.images import MAX_PIXELS
 from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline, missing_models
-from comfyui_model_swap.nodes.pipeline import pipeline as pipeline_mod
+from comfyui_model_swap.nodes.pipeline import contract
 from comfyui_model_swap.nodes.pipeline.images import resize
 from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions, output_hw
 
@@ -205,7 +205,7 @@ def test_output_size_1k_2k_4k_native_gives_the_documented_size(native, processin
 
 def test_long_side_capped_output_keeps_the_scaled_inputs_pixels_outside_the_band(pipe, monkeypatch):
     big = tiny_models.fashion_photo(640)
-    monkeypatch.setitem(pipeline_mod.LONG_SIDE_CAPS, "2k", 400)  # 2048 px would be slow on CPU
+    monkeypatch.setitem(contract.LONG_SIDE_CAPS, "2k", 400)  # 2048 px would be slow on CPU
     result = pipe.run(big, opts(max_pixels=256 * 256, output_size="2k", refine_faces=False))
     assert result.images[0].shape == (400, 400, 3)
     assert_preserved_exactly(resize(big, (400, 400)), result)

@@ -16,9 +16,10 @@ GUIDANCE = (0.0, 30.0)
 IDENTITY_SCALE = (0.0, 2.0)
 CONTROLNET_SCALE = (0.0, 2.0)
 BODY_STRENGTH = (0.0, 1.0)
+DEFAULT_BODY_STRENGTH = 0.7  # body skin's share of the schedule (README: "Per-region strength")
 GROW = (-64, 64)
 FEATHER = (0, 64)
-REFINE_STRENGTH = (0.05, 1.0)
+REFINE_STRENGTH = (0.1, 1.0)  # with REFINE_STEPS' max: at most 1000 scheduler steps, SDXL's training range
 REFINE_STEPS = (1, 100)
 REFINE_WORK_SIZE = (64, 2048)  # a multiple of WORK_SIZE_MULTIPLE
 WORK_SIZE_MULTIPLE = 16
@@ -36,5 +37,13 @@ SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 def refine_scheduler_steps(steps: int, strength: float) -> int:
     """FaceRefine runs ``steps`` denoising steps at ``strength``: the scheduler gets steps / strength
-    (rounded up). With the limits above this is at most 2000, which every scheduler accepts."""
+    (rounded up). With the limits above this is at most 1000, within every scheduler's training range."""
     return -(-int(steps) * 1000 // max(1, round(float(strength) * 1000)))
+
+
+def steps_run(steps: int, strength: float) -> tuple[int, int]:
+    """(scheduler steps, steps actually run) for ``steps`` at ``strength``, as diffusers' img2img schedules
+    them (the last ``int(steps * strength)``), but never fewer than one run step: a legal widget pair such
+    as 1 step at strength 0.01 gets as many scheduler steps as it takes to run one."""
+    steps = max(int(steps), -(-1000 // max(1, round(float(strength) * 1000))))
+    return steps, max(1, min(int(steps * float(strength)), steps))

@@ -17,41 +17,46 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 
-from . import sampler
+from . import contract as c
+from . import masks as masks_mod
 from .compositing import composite, match_colour, soft_paste_mask
-from .contract import MODES
+from .engines.base import InpaintRequest
 from .errors import InputValidationError
 from .images import resize
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class RefineSettings:
     strength: float = 0.45
-    steps: int = 12  # denoising steps actually run (the scheduler gets ceil(steps / strength))
+    steps: int = 12  # denoising steps actually run (the scheduler gets steps / strength, see contract.py)
     guidance_scale: float = 5.0
     margin: float = 0.6  # added on every side, as a fraction of the face box's larger side
-    work_size: int = 1024  # SDXL's native working size; the crop is sampled at this size
+    work_size: int = 1024  # the model's working size; the crop is sampled at this size
     colour_match: float = 0.8  # 1 = match the neck skin fully; shadows on the neck argue for less
     reference_identity_boost: float = 1.5  # identity weight multiplier for match_reference
 
     def check(self) -> None:
-        if not 0.0 < self.strength <= 1.0:
-            raise InputValidationError(f"face refine strength {self.strength} must be in (0, 1]; 0.3-0.6 is typical.")
-        if self.work_size % 8 or not 64 <= self.work_size <= 2048:
+        """The Python boundary's check (widgets derive their ranges from the same limits)."""
+        lo, hi = c.REFINE_WORK_SIZE
+        if not c.REFINE_STRENGTH[0] <= self.strength <= c.REFINE_STRENGTH[1]:
             raise InputValidationError(
-                f"face refine work_size {self.work_size} must be a multiple of 8 between 64 and 2048 (1024 for SDXL).")
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 100:
-            raise InputValidationError(f"face refine steps {self.steps!r} must be an integer from 1 to 100.")
-        if not 0.0 <= self.margin <= 3.0:
-            raise InputValidationError(f"face refine margin {self.margin} must be in [0, 3].")
+                f"face refine strength {self.strength} must be in {list(c.REFINE_STRENGTH)}; 0.3-0.6 is typical.")
+        if self.work_size % c.WORK_SIZE_MULTIPLE or not lo <= self.work_size <= hi:
+            raise InputValidationError(
+                f"face refine work_size {self.work_size} must be a multiple of {c.WORK_SIZE_MULTIPLE} from {lo} to {hi}.")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or \
+                not c.REFINE_STEPS[0] <= self.steps <= c.REFINE_STEPS[1]:
+            raise InputValidationError(f"face refine steps {self.steps!r} must be an integer from "
+                                       f"{c.REFINE_STEPS[0]} to {c.REFINE_STEPS[1]}.")
+        if not c.REFINE_MARGIN[0] <= self.margin <= c.REFINE_MARGIN[1]:
+            raise InputValidationError(f"face refine margin {self.margin} must be in {list(c.REFINE_MARGIN)}.")
 
 
 @dataclass
@@ -88,6 +93,44 @@ def _starting_crop(mode, generated_crop, source_crop, face_only_crop, region_cro
     return composite(generated_crop, toned, soft)
 
 
+def refine(engine, sampled, settings: RefineSettings = RefineSettings(), *, mode: str = c.MODES[0],
+           on_step: Callable[[int, int], None] | None = None):
+    """FaceRefine as a stage: a new ``pipeline.Sampled`` whose images have refined faces (the same
+    value back when the photo has no face). The one place that knows what each mode means."""
+    from .identity import warp_face_onto
+
+    encoded = sampled.encoded
+    face = encoded.base_face
+    if face is None or sampled.refined:
+        return sampled
+    proc, swap = encoded.prepared.image, encoded.prepared.swap
+    hard = swap.band
+    if swap.labels is not None:
+        region = masks_mod.class_mask(swap.labels, ("face", "hair")) & hard
+        face_only = masks_mod.class_mask(swap.labels, ("face",)) & hard
+        skin = masks_mod.class_mask(swap.labels, ("torso", "arms")) & hard
+    else:  # an external mask: the face is the ellipse around the detected box
+        x1, y1, x2, y2 = face.bbox
+        ell = np.zeros(proc.shape[:2], np.uint8)
+        cv2.ellipse(ell, (int((x1 + x2) / 2), int((y1 + y2) / 2)),
+                    (max(1, int((x2 - x1) * 0.6)), max(1, int((y2 - y1) * 0.7))), 0, 0, 360, 1, -1)
+        region = face_only = (ell > 0) & hard
+        skin = None
+    warp = None
+    if mode == "match_reference" and encoded.ref_face is not None:
+        warp = warp_face_onto(encoded.reference, encoded.ref_face.kps, face.kps, proc.shape[:2])
+    from .pipeline import timed
+
+    timings: list = []
+    with timed(engine.device, timings, "face_refine"):
+        out = refine_faces(
+            engine, sampled.images, source=proc, face_bbox=face.bbox, face_region=region, face_only=face_only,
+            skin=skin, prompts=sampled.prompts, negative_prompt=sampled.negative_prompt, seeds=sampled.seeds,
+            mode=mode, identity=encoded.identity, reference_warp=warp, settings=settings, on_step=on_step)
+    return dataclasses.replace(sampled, images=tuple(out.images), refined=True, face_crops=tuple(out.crops),
+                               face_masks=tuple(out.masks), timings=sampled.timings + tuple(timings))
+
+
 def refine_faces(
     engine,
     images: Sequence[np.ndarray],
@@ -103,7 +146,7 @@ def refine_faces(
     mode: str = "match_base",
     identity=None,
     reference_warp: tuple[np.ndarray, np.ndarray] | None = None,
-    settings: RefineSettings | None = None,
+    settings: RefineSettings = RefineSettings(),
     on_step: Callable[[int, int], None] | None = None,
 ) -> FaceRefineOutput:
     """Refine the face in every image of ``images`` (all share the source's face position).
@@ -114,12 +157,6 @@ def refine_faces(
     ``reference_warp``: (reference image warped onto the base keypoints, validity mask),
     both at the images' size, for ``match_reference``.
     """
-    settings = settings or RefineSettings()
-    settings.check()
-    if mode not in MODES:
-        raise InputValidationError(f"face_reference_mode {mode!r} is not one of {', '.join(MODES)}.")
-    if len(prompts) != len(images) or len(seeds) != len(images):
-        raise InputValidationError("refine_faces needs one prompt and one seed per image.")
     if identity is not None and mode == "match_reference":
         identity = dataclasses.replace(identity, scale=float(identity.scale) * settings.reference_identity_boost)
 
@@ -140,11 +177,10 @@ def refine_faces(
     for image, prompt, seed in zip(images, prompts, seeds):
         gen_c = image[crop]
         start = _starting_crop(mode, gen_c, source[crop], face_c, region_c, ref_c, valid_c)
-        refined_work = sampler.inpaint(
-            engine, resize(start, (ws, ws)), mask_work, prompt=prompt, negative_prompt=negative_prompt,
-            seeds=[seed], steps=math.ceil(settings.steps / settings.strength), strength=settings.strength,
-            guidance_scale=settings.guidance_scale, identity=identity, on_step=on_step,
-        )[0]
+        refined_work = engine.inpaint(InpaintRequest(
+            image=resize(start, (ws, ws)), mask=mask_work, prompts=(prompt,), seeds=(seed,),
+            steps=c.refine_scheduler_steps(settings.steps, settings.strength), strength=settings.strength,
+            negative_prompt=negative_prompt, guidance_scale=settings.guidance_scale, identity=identity), on_step)[0]
         refined = resize(refined_work, gen_c.shape[:2])
         # Match the refined face to the new body's skin (or, lacking visible skin, the generated face).
         target, target_mask = gen_c, face_c

@@ -104,20 +104,21 @@ def load_face_analyzer(insightface_root: str | Path, name: str, device, det_size
 
 
 def clear_cache() -> None:
-    from . import sdxl_loader
+    from .engines import sdxl
 
     _CACHE.clear()
-    sdxl_loader.clear_cache()
+    sdxl.clear_cache()
 
 
 def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = ModelChoice(), *, device="auto",
-                  dtype=None, offload: str = "none", config_dir=None, tokenizer_dir=None,
-                  det_size: int = 640) -> ModelSwapPipeline:
+                  dtype=None, offload: str = "none", config_dir=None, det_size: int = 640) -> ModelSwapPipeline:
     """Load every model ``choice`` names from ``models_dirs`` (first folder that has it wins).
 
     All missing models are reported together, so one run tells the user everything to download.
+    ``config_dir`` replaces the SDXL configs shipped for single-file checkpoints.
     """
-    from . import ip_adapter, sdxl_loader
+    from .engines import common, sdxl
+    from .engines.faceid import FaceIDFiles
 
     roots = [Path(r) for r in models_dirs]
     missing = missing_models(roots, choice)
@@ -130,24 +131,19 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
             "Models missing (searched " + ", ".join(str(r) for r in roots) + "):\n- " + "\n- ".join(missing),
             folder=f"models/{spec.folder}", filename=first_name, source=spec.source)
 
-    dev = sdxl_loader.resolve_device(device)
+    dev = common.resolve_device(device)
     paths = {key: _find(key, roots, name) for key, name in _requirements(choice)}
-    gen_key = model_files.generator_key(choice.generator)
-    engine = sdxl_loader.load_engine(
-        paths[gen_key], controlnet_path=paths.get("controlnet"), device=dev, dtype=dtype, offload=offload,
-        config_dir=config_dir, tokenizer_dir=tokenizer_dir)
     faceid = None
     if choice.faceid:
-        fkey = model_files.faceid_key(choice.faceid)
         lora = paths.get("faceid_lora") or paths.get("faceid_plusv2_lora")
-        encoder = paths.get("clip_vision_h")
-        faceid = ip_adapter.FaceIDChoice(str(paths[fkey]), None if lora is None else str(lora),
-                                         None if encoder is None else str(encoder))
-    ip_adapter.ensure_faceid(engine, faceid)  # fail now, at load time, if the files are wrong
-
+        faceid = FaceIDFiles(adapter=paths[model_files.faceid_key(choice.faceid)], lora=lora,
+                             image_encoder=paths.get("clip_vision_h"))
+    files = sdxl.Files(model=paths[model_files.generator_key(choice.generator)], controlnet=paths.get("controlnet"),
+                       faceid=faceid, config=None if config_dir is None else Path(config_dir))
+    engine = sdxl.load(files, device=dev, dtype=dtype, offload=offload)
     parser = None if not choice.parser else load_parser(paths["human_parser"], dev)
     analyzer = None
     if choice.insightface:
         root = paths[model_files.insightface_key(choice.insightface)].parents[1]
         analyzer = load_face_analyzer(root, choice.insightface, dev, det_size)
-    return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer, faceid=faceid)
+    return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer)

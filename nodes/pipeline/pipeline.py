@@ -1,105 +1,105 @@
-"""The model-swap pipeline end to end: parse -> identity -> generate -> refine -> composite.
+"""The model swap end to end: parse -> identity -> generate -> refine -> composite.
 
-``ModelSwapPipeline`` holds loaded models (load once, reuse for every call) and
-runs one request in the order FASHN's Model Swap does. Each stage is also a
-method of its own, which is what the ComfyUI nodes call.
+Each stage is a function of explicit values returning a new, immutable value; the ComfyUI
+nodes call them one by one and never copy what they receive:
+
+    prepare(parser, photo, MaskSettings)           -> Prepared   (GarmentMask)
+    encode(analyzer, prepared, reference, scale)   -> Encoded    (IdentityEncode)
+    generate(engine, encoded, GenerateSettings)    -> Sampled    (ModelSwapSampler)
+    face_refine.refine(engine, sampled, ...)       -> Sampled    (FaceRefine)
+    finish(sampled)                                -> SwapResult (composite onto the input)
+
+Stages reach a generation model only through the engine interface (engines/base.py).
+Inputs are checked where they enter (node widgets, the HTTP protocol, :func:`validate_options`
+for Python callers); the stages trust their callers.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
+from . import contract as c
 from . import masks as masks_mod
-from . import sampler
 from .compositing import composite, to_native
+from .engines.base import IdentityCondition, InpaintRequest
 from .errors import InputValidationError
-from .contract import MODES, SEED_MAX
-from .face_refine import RefineSettings, refine_faces
 from .images import MAX_PIXELS, as_mask, as_rgb_uint8, pad_to_multiple, processing_size, resize
 from .prompting import NEGATIVE_PROMPT, framing_of, prompts_for, skin_tone_of
 
-# "processing": FASHN's <= 1.05 MP; "native": the input's size; "2k"/"4k": the input's size with the
-# long side capped at 2048/4096 (FASHN's resolution setting).
-OUTPUT_SIZES = ("processing", "native", "2k", "4k")
-LONG_SIDE_CAPS = {"2k": 2048, "4k": 4096}
-NEEDS_FACEID = ("A face reference needs IP-Adapter FaceID: load ip-adapter-faceid_sdxl.bin (models/ipadapter) "
-                "with the pipeline.")
+Timings = tuple  # ((stage name, seconds), ...)
+DEFAULT_BODY_STRENGTH = c.DEFAULT_BODY_STRENGTH
 
 
-@dataclass
-class SwapOptions:
-    """What a caller can set; defaults are FASHN Model Swap's (seed 42, one image, match_reference)."""
+@dataclass(frozen=True)
+class MaskSettings:
+    regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
+    grow: int = 4
+    feather: int = 8
+    output_size: str = "processing"  # one of contract.OUTPUT_SIZES
+    max_pixels: int = MAX_PIXELS
 
+
+@dataclass(frozen=True)
+class GenerateSettings:
     prompt: str = ""
-    face_reference_mode: str = "match_reference"
     seed: int = 42
     num_images: int = 1
     steps: int = 30
     strength: float = 1.0
     guidance_scale: float = 5.0
-    identity_scale: float = 0.8
-    regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
-    grow: int = 4
-    feather: int = 8
-    output_size: str = "processing"  # see OUTPUT_SIZES
-    max_pixels: int = MAX_PIXELS
-    refine_faces: bool = True
-    refine: RefineSettings = field(default_factory=RefineSettings)
-    controlnet_scale: float = 0.8
     negative_prompt: str = NEGATIVE_PROMPT
+    controlnet_scale: float = 0.8
+    body_strength: float = DEFAULT_BODY_STRENGTH  # body skin's share of the schedule; face and hair get all of it
 
-    def seeds(self) -> list[int]:
+    def seeds(self) -> tuple[int, ...]:
         """Image i uses seed + i (wrapping past 2**32 - 1)."""
-        return [(self.seed + i) % (SEED_MAX + 1) for i in range(self.num_images)]
+        return tuple((self.seed + i) % (c.SEED_MAX + 1) for i in range(self.num_images))
 
 
-def output_hw(native_hw: tuple[int, int], processing_hw: tuple[int, int], output_size: str) -> tuple[int, int]:
-    """(H, W) of the returned images for ``output_size`` (one of OUTPUT_SIZES)."""
-    if output_size == "processing":
-        return tuple(processing_hw)
-    h, w = native_hw
-    cap = LONG_SIDE_CAPS.get(output_size)
-    if cap is None or max(h, w) <= cap:
-        return h, w
-    scale = cap / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
+@dataclass(frozen=True)
+class Prepared:
+    native: np.ndarray  # the input, full size
+    image: np.ndarray  # at processing size
+    swap: masks_mod.SwapMask
+    output_size: str
+    notes: tuple[str, ...] = ()
+    timings: Timings = ()
 
 
-def validate_options(o: SwapOptions) -> None:
-    """Check every option before any work starts; errors quote the value and the allowed range."""
-    if isinstance(o.num_images, bool) or not isinstance(o.num_images, (int, np.integer)) or not 1 <= o.num_images <= 4:
-        raise InputValidationError(f"num_images={o.num_images!r} is out of range: give an integer from 1 to 4.")
-    if isinstance(o.seed, bool) or not isinstance(o.seed, (int, np.integer)) or not 0 <= o.seed <= SEED_MAX:
-        raise InputValidationError(f"seed={o.seed!r} is out of range: give an integer from 0 to {SEED_MAX}.")
-    if o.face_reference_mode not in MODES:
-        raise InputValidationError(
-            f"face_reference_mode={o.face_reference_mode!r} is not supported: use one of {', '.join(MODES)}.")
-    if o.output_size not in OUTPUT_SIZES:
-        raise InputValidationError(f"output_size={o.output_size!r}: use one of {', '.join(OUTPUT_SIZES)}.")
-    if not isinstance(o.steps, (int, np.integer)) or not 1 <= o.steps <= 150:
-        raise InputValidationError(f"steps={o.steps!r} must be an integer from 1 to 150.")
-    if not 0.0 < float(o.strength) <= 1.0:
-        raise InputValidationError(f"strength={o.strength!r} must be in (0, 1].")
-    if not 0.0 <= float(o.guidance_scale) <= 30.0:
-        raise InputValidationError(f"guidance_scale={o.guidance_scale!r} must be in [0, 30].")
-    if not 0.0 <= float(o.identity_scale) <= 2.0:
-        raise InputValidationError(f"identity_scale={o.identity_scale!r} must be in [0, 2].")
-    if not 64 * 64 <= int(o.max_pixels) <= 16_777_216:
-        raise InputValidationError(f"max_pixels={o.max_pixels!r} must be between 4096 and 16777216.")
-    if not isinstance(o.prompt, str):
-        raise InputValidationError(f"prompt must be text, got {type(o.prompt).__name__}.")
-    o.refine.check()
+@dataclass(frozen=True)
+class Encoded:
+    prepared: Prepared
+    base_face: Any = None  # identity.FaceInfo of the model's main face, or None
+    reference: np.ndarray | None = None
+    ref_face: Any = None
+    identity: IdentityCondition | None = None
+    ref_tone: str | None = None
+    notes: tuple[str, ...] = ()
+    timings: Timings = ()
+
+
+@dataclass(frozen=True)
+class Sampled:
+    encoded: Encoded
+    seeds: tuple[int, ...]
+    prompts: tuple[str, ...]
+    negative_prompt: str
+    images: tuple[np.ndarray, ...]  # at processing size, not yet composited
+    refined: bool = False
+    face_crops: tuple[np.ndarray, ...] = ()
+    face_masks: tuple[np.ndarray, ...] = ()
+    timings: Timings = ()
 
 
 @dataclass
 class SwapResult:
-    images: list[np.ndarray]  # uint8 (H, W, 3) each, at processing or native size
+    images: list[np.ndarray]  # uint8 (H, W, 3) each, at the output size
     swap_mask: masks_mod.SwapMask  # at the output size: alpha == 0 marks the exactly preserved pixels
     prompts: list[str]
     negative_prompt: str
@@ -112,237 +112,253 @@ class SwapResult:
     face_masks: list[np.ndarray] = field(default_factory=list)
 
 
-@dataclass
-class SwapJob:
-    """One model image on its way through the stages; each stage fills its part."""
+@contextmanager
+def timed(device, into: list, name: str):
+    """Append (name, seconds) to ``into``; on CUDA the clock stops after the device finishes."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if getattr(device, "type", str(device)) == "cuda":
+            import torch
 
-    native: np.ndarray  # the input, full size
-    options: SwapOptions
-    image: np.ndarray | None = None  # at processing size
-    swap: masks_mod.SwapMask | None = None
-    base_face: object = None  # identity.FaceInfo of the model's main face, or None
-    reference: np.ndarray | None = None
-    ref_face: object = None
-    identity: object = None  # ip_adapter.IdentityCondition, or None
-    ref_tone: str | None = None
-    encoded: bool = False
-    prompts: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    generated: list[np.ndarray] = field(default_factory=list)  # at processing size, not yet composited
-    refined: bool = False
-    face_crops: list[np.ndarray] = field(default_factory=list)
-    face_masks: list[np.ndarray] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+            torch.cuda.synchronize()
+        into.append((name, time.perf_counter() - start))
 
 
-class _Timer:
-    def __init__(self, device, timings: dict[str, float]):
-        self.timings = timings
-        self._cuda = getattr(device, "type", str(device)) == "cuda"
+def output_hw(native_hw: tuple[int, int], processing_hw: tuple[int, int], output_size: str) -> tuple[int, int]:
+    """(H, W) of the returned images for ``output_size`` (one of contract.OUTPUT_SIZES)."""
+    if output_size == "processing":
+        return tuple(processing_hw)
+    h, w = native_hw
+    cap = c.LONG_SIDE_CAPS.get(output_size)
+    if cap is None or max(h, w) <= cap:
+        return h, w
+    scale = cap / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self._cuda:
-                import torch
 
-                torch.cuda.synchronize()
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+# ----------------------------------------------------------------------------- stages
+
+
+def prepare(parser, image, settings: MaskSettings = MaskSettings(), *, external_mask=None) -> Prepared:
+    """GarmentMask: scale to processing size, parse, and build the regenerate mask."""
+    if parser is None and external_mask is None:
+        raise InputValidationError(
+            "No human parser is loaded and no mask was given: load the human parser "
+            "(models/human_parsing/fashn-human-parser) or supply a mask.")
+    native = as_rgb_uint8(image, "model image")
+    ext = None if external_mask is None else as_mask(external_mask, native.shape[:2], "external mask")
+    size = processing_size(*native.shape[:2], max_pixels=settings.max_pixels)
+    scaled = resize(native, size)
+    timings: list = []
+    with timed("cpu", timings, "garment_mask"):
+        labels = None if ext is not None else parser.parse(scaled)
+        ext = None if ext is None else np.clip(resize(ext, size), 0.0, 1.0)
+        swap = masks_mod.build_swap_mask(labels, external=ext, regenerate=tuple(settings.regenerate),
+                                         grow=settings.grow, feather=settings.feather)
+    notes = () if swap.band.any() else (
+        "The regenerate mask is empty (no person pixels found): the output equals the input.",)
+    return Prepared(native=native, image=scaled, swap=swap, output_size=settings.output_size, notes=notes,
+                    timings=tuple(timings))
+
+
+def encode(analyzer, prepared: Prepared, face_reference=None, *, identity_scale: float = 0.8) -> Encoded:
+    """IdentityEncode: the model's main face and, with a reference, the identity to give it."""
+    from .identity import encode_reference, main_face
+
+    reference = None if face_reference is None else as_rgb_uint8(face_reference, "face reference")
+    if reference is not None and analyzer is None:
+        raise InputValidationError(
+            "A face reference needs face analysis: load a face analyser (insightface antelopev2, or OpenCV "
+            "YuNet + SFace).")
+    timings: list = []
+    with timed("cpu", timings, "identity"):
+        base_face = None if analyzer is None else main_face(analyzer.analyze(prepared.image))
+        ref_face = None if reference is None else encode_reference(analyzer, reference)
+    notes = () if base_face is not None else (
+        "No face found in the model image: hair and skin were regenerated, face stages skipped.",)
+    identity = ref_tone = None
+    if ref_face is not None:
+        identity = IdentityCondition(embedding=ref_face.embedding, face_crop=ref_face.aligned, reference=reference,
+                                     scale=float(identity_scale))
+        ref_tone = skin_tone_of(reference, ref_face.kps)
+    return Encoded(prepared=prepared, base_face=base_face, reference=reference, ref_face=ref_face, identity=identity,
+                   ref_tone=ref_tone, notes=notes, timings=tuple(timings))
+
+
+def region_strength(swap: masks_mod.SwapMask, body_strength: float, grow: int = 4) -> np.ndarray:
+    """Per-pixel strength over the regenerate band: 1 on face and hair (grown by ``grow``), ``body_strength``
+    on the rest of the person (torso, arms, hands, legs, feet), 0 outside the band."""
+    band = swap.band
+    strength = np.where(band, np.float32(body_strength), np.float32(0.0))
+    if swap.labels is None or body_strength >= 1.0:
+        return np.where(band, np.float32(1.0), strength).astype(np.float32)
+    head = masks_mod.class_mask(swap.labels, ("face", "hair")).astype(np.uint8)
+    if grow > 0:
+        head = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    strength[(head > 0) & band] = 1.0
+    return strength.astype(np.float32)
+
+
+def check_engine_fits(engine, encoded: Encoded, control_image) -> None:
+    """Refuse, before any work, a face reference or control image the engine cannot use."""
+    caps = engine.capabilities
+    if encoded.identity is not None and not (caps.embedding_identity or caps.reference_image):
+        raise InputValidationError(
+            f"A face reference needs an identity-capable engine: the loaded {caps.name} engine has none. Load "
+            "IP-Adapter FaceID (ip-adapter-faceid_sdxl.bin in models/ipadapter) with the SDXL pipeline, or use the "
+            "FLUX.2 klein engine, which takes the identity from the reference image itself.")
+    if caps.controlnet != (control_image is not None):
+        raise InputValidationError(
+            "A ControlNet and a control image go together: give both (pose/hand control) or neither."
+            if caps.name == "sdxl" or caps.controlnet else
+            f"The {caps.name} engine takes no control image: disconnect control_image.")
+
+
+def generate(engine, encoded: Encoded, settings: GenerateSettings = GenerateSettings(), *, control_image=None,
+             on_step: Callable[[int, int], None] | None = None) -> Sampled:
+    """ModelSwapSampler: regenerate the masked region for every seed in one batch."""
+    check_engine_fits(engine, encoded, control_image)
+    prepared, face = encoded.prepared, encoded.base_face
+    seeds = settings.seeds()
+    prompts, _ = prompts_for(
+        list(seeds), user_prompt=settings.prompt, framing=framing_of(prepared.swap.labels),
+        sex=None if face is None else face.sex, age=None if face is None else face.age,
+        reference_skin_tone=encoded.ref_tone)
+    multiple = engine.capabilities.side_multiple
+    timings: list = []
+    with timed(engine.device, timings, "generate"):
+        padded, (h, w) = pad_to_multiple(prepared.image, multiple)
+        mask = pad_to_multiple(region_strength(prepared.swap, settings.body_strength), multiple)[0]
+        control = None
+        if control_image is not None:
+            control = pad_to_multiple(resize(as_rgb_uint8(control_image, "control image"), (h, w)), multiple)[0]
+        images = engine.inpaint(InpaintRequest(
+            image=padded, mask=mask, prompts=tuple(prompts), seeds=seeds, steps=settings.steps,
+            strength=settings.strength, negative_prompt=settings.negative_prompt,
+            guidance_scale=settings.guidance_scale, identity=encoded.identity, control_image=control,
+            controlnet_scale=settings.controlnet_scale), on_step)
+    return Sampled(encoded=encoded, seeds=seeds, prompts=tuple(prompts), negative_prompt=settings.negative_prompt,
+                   images=tuple(g[:h, :w] for g in images), timings=tuple(timings))
+
+
+def finish(sampled: Sampled) -> SwapResult:
+    """Composite every output onto the input: exact outside the feathered band."""
+    encoded = sampled.encoded
+    prepared = encoded.prepared
+    swap, native, size = prepared.swap, prepared.native, prepared.image.shape[:2]
+    timings: list = []
+    with timed("cpu", timings, "composite"):
+        outputs = [composite(prepared.image, g, swap.alpha) for g in sampled.images]
+        out_mask = swap
+        target = output_hw(native.shape[:2], size, prepared.output_size)
+        if target != tuple(size):
+            full = resize(native, target)  # the original pixels, only scaled when a long-side cap applies
+            natives = [to_native(full, g, swap.alpha) for g in sampled.images]
+            outputs = [img for img, _ in natives]
+            out_mask = masks_mod.SwapMask(labels=None, hard=natives[0][1] >= 1.0, alpha=natives[0][1])
+    all_timings = prepared.timings + encoded.timings + sampled.timings + tuple(timings)
+    return SwapResult(
+        images=outputs, swap_mask=out_mask, prompts=list(sampled.prompts), negative_prompt=sampled.negative_prompt,
+        seeds=list(sampled.seeds), processing_size=tuple(size), face_found=encoded.base_face is not None,
+        notes=list(prepared.notes + encoded.notes), timings={k: v for k, v in all_timings},
+        face_crops=list(sampled.face_crops), face_masks=list(sampled.face_masks))
+
+
+# ----------------------------------------------------------------------------- Python entry point
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """Everything a Python caller can set; defaults are FASHN Model Swap's (seed 42, one image,
+    match_reference). Checked once by :func:`validate_options`."""
+
+    prompt: str = ""
+    face_reference_mode: str = c.MODES[0]
+    seed: int = 42
+    num_images: int = 1
+    steps: int = 30
+    strength: float = 1.0
+    guidance_scale: float = 5.0
+    identity_scale: float = 0.8
+    body_strength: float = DEFAULT_BODY_STRENGTH
+    regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
+    grow: int = 4
+    feather: int = 8
+    output_size: str = "processing"
+    max_pixels: int = MAX_PIXELS
+    refine_faces: bool = True
+    refine: Any = None  # face_refine.RefineSettings; None = its defaults
+    controlnet_scale: float = 0.8
+    negative_prompt: str = NEGATIVE_PROMPT
+
+    def mask_settings(self) -> MaskSettings:
+        return MaskSettings(regenerate=tuple(self.regenerate), grow=self.grow, feather=self.feather,
+                            output_size=self.output_size, max_pixels=self.max_pixels)
+
+    def generate_settings(self) -> GenerateSettings:
+        return GenerateSettings(prompt=self.prompt, seed=self.seed, num_images=self.num_images, steps=self.steps,
+                                strength=self.strength, guidance_scale=self.guidance_scale,
+                                negative_prompt=self.negative_prompt, controlnet_scale=self.controlnet_scale,
+                                body_strength=self.body_strength)
+
+
+def _in(value, bounds, name: str, integer: bool = False) -> None:
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
+    if isinstance(value, bool) or not ok or not bounds[0] <= value <= bounds[1]:
+        kind = "an integer" if integer else "a number"
+        raise InputValidationError(f"{name}={value!r} is out of range: give {kind} from {bounds[0]} to {bounds[1]}.")
+
+
+def validate_options(o: SwapOptions) -> None:
+    """The Python boundary's check, from the same limits the widgets and the API use."""
+    from .face_refine import RefineSettings
+
+    _in(o.num_images, (1, c.MAX_IMAGES), "num_images", integer=True)
+    _in(o.seed, (0, c.SEED_MAX), "seed", integer=True)
+    _in(o.steps, c.STEPS, "steps", integer=True)
+    _in(o.strength, c.STRENGTH, "strength")
+    _in(o.guidance_scale, c.GUIDANCE, "guidance_scale")
+    _in(o.identity_scale, c.IDENTITY_SCALE, "identity_scale")
+    _in(o.body_strength, c.BODY_STRENGTH, "body_strength")
+    _in(o.controlnet_scale, c.CONTROLNET_SCALE, "controlnet_scale")
+    _in(o.grow, c.GROW, "grow", integer=True)
+    _in(o.feather, c.FEATHER, "feather", integer=True)
+    _in(o.max_pixels, (64 * 64, 16_777_216), "max_pixels", integer=True)
+    if o.face_reference_mode not in c.MODES:
+        raise InputValidationError(
+            f"face_reference_mode={o.face_reference_mode!r} is not supported: use one of {', '.join(c.MODES)}.")
+    if o.output_size not in c.OUTPUT_SIZES:
+        raise InputValidationError(f"output_size={o.output_size!r}: use one of {', '.join(c.OUTPUT_SIZES)}.")
+    if not isinstance(o.prompt, str) or not isinstance(o.negative_prompt, str):
+        raise InputValidationError("prompt and negative_prompt must be text.")
+    (o.refine or RefineSettings()).check()
 
 
 class ModelSwapPipeline:
-    """Loaded models and the stages that use them. Build once, call :meth:`run` many times."""
+    """Loaded models (immutable) and the whole swap in one call. Build once, call :meth:`run` many times."""
 
-    KEEP_ADAPTER = "keep"
-
-    def __init__(self, engine, parser=None, analyzer=None, faceid=KEEP_ADAPTER):
+    def __init__(self, engine, parser=None, analyzer=None):
         self.engine = engine
         self.parser = parser
         self.analyzer = analyzer
-        # ip_adapter.FaceIDChoice, or None for plain SDXL: the adapter state this pipeline samples with,
-        # re-applied before each run because cached engines are shared; KEEP_ADAPTER leaves the engine as is.
-        self.faceid = faceid
 
-    # -- stages -----------------------------------------------------------------------------
-    def garment_mask(self, image: np.ndarray, *, regenerate=masks_mod.DEFAULT_REGENERATE, grow: int = 4,
-                     feather: int = 8, external_mask=None) -> masks_mod.SwapMask:
-        """GarmentMask: the parse, the regenerate mask and its feathered band for ``image``."""
-        labels = None
-        if self.parser is not None:
-            labels = self.parser.parse(image)
-        elif external_mask is None:
-            raise InputValidationError(
-                "No human parser is loaded and no mask was given: load the human parser "
-                "(models/human_parsing/fashn-human-parser) or supply a mask.")
-        ext = None if external_mask is None else as_mask(external_mask, image.shape[:2], "external mask")
-        return masks_mod.build_swap_mask(labels, external=ext, regenerate=tuple(regenerate), grow=grow,
-                                         feather=feather)
-
-    def identity_encode(self, image: np.ndarray):
-        """IdentityEncode: faces in ``image``, largest first (empty without an analyzer)."""
-        if self.analyzer is None:
-            return []
-        return self.analyzer.analyze(image)
-
-    # -- stage by stage (what the ComfyUI nodes call) -------------------------------------------
-    def prepare(self, image, options: SwapOptions | None = None, *, external_mask=None) -> SwapJob:
-        """Validate, scale to processing size and build the swap mask (GarmentMask)."""
-        options = options or SwapOptions()
-        validate_options(options)
-        native = as_rgb_uint8(image, "model image")
-        ext_native = None if external_mask is None else as_mask(external_mask, native.shape[:2], "external mask")
-        job = SwapJob(native=native, options=options)
-        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
-        size = processing_size(*native.shape[:2], max_pixels=options.max_pixels)
-        job.image = resize(native, size)
-        with timer.stage("garment_mask"):
-            ext = None if ext_native is None else np.clip(resize(ext_native, size), 0.0, 1.0)
-            job.swap = self.garment_mask(job.image, regenerate=options.regenerate, grow=options.grow,
-                                         feather=options.feather, external_mask=ext)
-        if not job.swap.band.any():
-            job.notes.append("The regenerate mask is empty (no person pixels found): the output equals the input.")
-        return job
-
-    def encode(self, job: SwapJob, face_reference=None) -> SwapJob:
-        """Find the model's face and, with a reference, the identity to give it (IdentityEncode)."""
-        from .identity import encode_reference, main_face
-        from .ip_adapter import IdentityCondition
-
-        reference = None if face_reference is None else as_rgb_uint8(face_reference, "face reference")
-        if reference is not None and self.analyzer is None:
-            raise InputValidationError(
-                "A face reference needs face analysis: load insightface (models/insightface/models/antelopev2).")
-        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
-        with timer.stage("identity"):
-            job.base_face = main_face(self.identity_encode(job.image))
-            job.reference = reference
-            job.ref_face = None if reference is None else encode_reference(self.analyzer, reference)
-        job.encoded = True
-        if job.base_face is None:
-            job.notes.append("No face found in the model image: hair and skin were regenerated, face stages skipped.")
-        if job.ref_face is not None:
-            job.identity = IdentityCondition(embedding=job.ref_face.embedding, face_crop=job.ref_face.aligned,
-                                             scale=float(job.options.identity_scale))
-            job.ref_tone = skin_tone_of(reference, job.ref_face.kps)
-        return job
-
-    def generate(self, job: SwapJob, *, control_image=None,
-                 on_step: Callable[[int, int], None] | None = None) -> SwapJob:
-        """Regenerate the masked region for every seed in one batch (ModelSwapSampler)."""
-        from .ip_adapter import ensure_faceid
-
-        options = job.options
-        validate_options(options)
-        if self.faceid != self.KEEP_ADAPTER:
-            ensure_faceid(self.engine, self.faceid)
-        control = None if control_image is None else as_rgb_uint8(control_image, "control image")
-        if job.identity is not None and getattr(self.engine, "ip_adapter", None) is None:
-            raise InputValidationError(NEEDS_FACEID)
-        if bool(getattr(self.engine, "has_controlnet", False)) != (control is not None):
-            raise InputValidationError(
-                "A ControlNet and a control image go together: give both (pose/hand control) or neither.")
-        job.seeds = options.seeds()
-        face = job.base_face
-        job.prompts, _ = prompts_for(
-            job.seeds, user_prompt=options.prompt, framing=framing_of(job.swap.labels),
-            sex=None if face is None else face.sex, age=None if face is None else face.age,
-            reference_skin_tone=job.ref_tone)
-        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
-        with timer.stage("generate"):
-            padded, (h, w) = pad_to_multiple(job.image)
-            band = pad_to_multiple(job.swap.band.astype(np.float32))[0]
-            ctrl = None if control is None else pad_to_multiple(resize(control, job.image.shape[:2]))[0]
-            generated = sampler.inpaint(
-                self.engine, padded, band, prompt=job.prompts, negative_prompt=options.negative_prompt,
-                seeds=job.seeds, steps=options.steps, strength=options.strength,
-                guidance_scale=options.guidance_scale, identity=job.identity, control_image=ctrl,
-                controlnet_scale=options.controlnet_scale, on_step=on_step)
-        job.generated = [g[:h, :w] for g in generated]
-        return job
-
-    def refine(self, job: SwapJob, on_step: Callable[[int, int], None] | None = None) -> SwapJob:
-        """Re-inpaint each output's face with the identity (FaceRefine); a no-op without a face."""
-        from .identity import warp_face_onto
-        from .ip_adapter import ensure_faceid
-
-        if not job.generated:
-            raise InputValidationError("FaceRefine needs sampled images: connect it after ModelSwapSampler.")
-        if job.base_face is None or job.refined:
-            return job
-        if self.faceid != self.KEEP_ADAPTER:
-            ensure_faceid(self.engine, self.faceid)
-        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
-        with timer.stage("face_refine"):
-            job.generated, job.face_crops, job.face_masks = self._refine(
-                job.image, job.generated, job.swap, job.base_face, job.ref_face, job.reference, job.identity,
-                job.prompts, job.seeds, job.options, warp_face_onto, on_step)
-        job.refined = True
-        return job
-
-    def finish(self, job: SwapJob) -> SwapResult:
-        """Composite every output onto the input: exact outside the feathered band."""
-        if not job.generated:
-            raise InputValidationError("Nothing was sampled yet: run ModelSwapSampler before finishing.")
-        timer = _Timer(getattr(self.engine, "device", "cpu"), job.timings)
-        swap, native, size = job.swap, job.native, job.image.shape[:2]
-        with timer.stage("composite"):
-            outputs = [composite(job.image, g, swap.alpha) for g in job.generated]
-            out_mask = swap
-            target = output_hw(native.shape[:2], size, job.options.output_size)
-            if target != tuple(size):
-                full = resize(native, target)  # the original pixels, only scaled when a long-side cap applies
-                natives = [to_native(full, g, swap.alpha) for g in job.generated]
-                outputs = [img for img, _ in natives]
-                alpha = natives[0][1]
-                out_mask = masks_mod.SwapMask(labels=None, hard=alpha >= 1.0, alpha=alpha)
-        return SwapResult(images=outputs, swap_mask=out_mask, prompts=list(job.prompts),
-                          negative_prompt=job.options.negative_prompt, seeds=list(job.seeds),
-                          processing_size=tuple(size), face_found=job.base_face is not None,
-                          notes=list(job.notes), timings=dict(job.timings), face_crops=list(job.face_crops),
-                          face_masks=list(job.face_masks))
-
-    # -- end to end -------------------------------------------------------------------------
     def run(self, image, options: SwapOptions | None = None, *, face_reference=None, external_mask=None,
             control_image=None, on_step: Callable[[int, int], None] | None = None) -> SwapResult:
         """The whole swap, as FASHN's Model Swap does it: every stage in order."""
+        from . import face_refine
+
         options = options or SwapOptions()
         validate_options(options)
-        plain = self.faceid is None or (self.faceid == self.KEEP_ADAPTER
-                                        and getattr(self.engine, "ip_adapter", None) is None)
-        if face_reference is not None and plain:  # fail before any work
-            raise InputValidationError(NEEDS_FACEID)
-        job = self.prepare(image, options, external_mask=external_mask)
-        self.encode(job, face_reference)
-        self.generate(job, control_image=control_image, on_step=on_step)
+        caps = self.engine.capabilities
+        if face_reference is not None and not (caps.embedding_identity or caps.reference_image):
+            check_engine_fits(self.engine, replace(Encoded(prepared=None), identity=IdentityCondition()), None)
+        prepared = prepare(self.parser, image, options.mask_settings(), external_mask=external_mask)
+        encoded = encode(self.analyzer, prepared, face_reference, identity_scale=options.identity_scale)
+        sampled = generate(self.engine, encoded, options.generate_settings(), control_image=control_image,
+                           on_step=on_step)
         if options.refine_faces:
-            self.refine(job, on_step=on_step)
-        return self.finish(job)
-
-    def _refine(self, proc, generated, swap, base_face, ref_face, reference, identity, prompts: Sequence[str],
-                seeds, options: SwapOptions, warp_face_onto, on_step):
-        hard = swap.band
-        if swap.labels is not None:
-            region = masks_mod.class_mask(swap.labels, ("face", "hair")) & hard
-            face_only = masks_mod.class_mask(swap.labels, ("face",)) & hard
-            skin = masks_mod.class_mask(swap.labels, ("torso", "arms")) & hard
-        else:  # an external mask: the face is the ellipse around the detected box
-            x1, y1, x2, y2 = base_face.bbox
-            ell = np.zeros(proc.shape[:2], np.uint8)
-            cv2.ellipse(ell, (int((x1 + x2) / 2), int((y1 + y2) / 2)),
-                        (max(1, int((x2 - x1) * 0.6)), max(1, int((y2 - y1) * 0.7))), 0, 0, 360, 1, -1)
-            region = (ell > 0) & hard
-            face_only = region
-            skin = None
-        warp = None
-        if options.face_reference_mode == "match_reference" and ref_face is not None:
-            warp = warp_face_onto(reference, ref_face.kps, base_face.kps, proc.shape[:2])
-        result = refine_faces(
-            self.engine, generated, source=proc, face_bbox=base_face.bbox, face_region=region,
-            face_only=face_only, skin=skin, prompts=prompts, negative_prompt=options.negative_prompt,
-            seeds=seeds, mode=options.face_reference_mode, identity=identity, reference_warp=warp,
-            settings=options.refine, on_step=on_step)
-        return result.images, result.crops, result.masks
+            sampled = face_refine.refine(self.engine, sampled, options.refine or face_refine.RefineSettings(),
+                                         mode=options.face_reference_mode, on_step=on_step)
+        return finish(sampled)
