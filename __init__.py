@@ -7,6 +7,9 @@ loads (and says which node needs what) when an optional dependency is missing.
 
 __version__ = "0.1.0"
 
+# Served by ComfyUI at /extensions/<this folder>/: the node help pages, docs/<node id>.md.
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint():
     """ComfyUI's V3 entry point: returns the extension listing this pack's nodes."""

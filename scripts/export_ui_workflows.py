@@ -3,6 +3,7 @@
     python scripts/export_ui_workflows.py             # (re)write workflows/<name>.json
     python scripts/export_ui_workflows.py --pictures  # and workflows/<name>.png (for README)
     python scripts/export_ui_workflows.py --check     # write nothing; exit 1 if a file is out of date
+    python scripts/export_ui_workflows.py --examples  # no browser: properties.models and example_workflows/
 
 For every ``workflows/<name>_api.json`` this starts a real ComfyUI with this pack (its models
 folder filled with the tiny test models, so every dropdown value exists), opens the graph
@@ -18,6 +19,13 @@ loaded back into the editor and must serialise to itself, so reruns are byte-ide
 ``workflows/<name>.png`` (written with ``--pictures``, kept in step with the JSON afterwards) is
 the graph as the editor shows it, cropped to the nodes, with the UI workflow in the PNG's
 ``workflow`` text chunk like ComfyUI's own images: dropping the picture onto ComfyUI opens it.
+
+Every loader node gets ``properties.models``: ``{name, url, directory}`` of each single
+``.safetensors``/``.sft`` file it names that the model registry publishes on the hub (the
+installer's function ``required_models`` says which), so ComfyUI's missing-models dialog offers
+the download. ``example_workflows/<name>.json`` (identical to ``workflows/<name>.json``) and
+``example_workflows/<name>.jpg`` (a thumbnail of the picture) are what ComfyUI's Templates browser
+lists; ``--examples`` rewrites them and the models property from the committed files alone.
 
 Nothing here talks to anything but 127.0.0.1 (tests/comfy_harness.py blocks the browser's
 other requests).
@@ -37,6 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
+EXAMPLES = ROOT / "example_workflows"
+THUMBNAIL = (512, 512)  # at most, aspect kept
+FRONTEND_SUFFIXES = (".safetensors", ".sft")  # what ComfyUI's missing-models dialog downloads
 sys.path.insert(0, str(ROOT / "tests"))
 
 # The window the saved view (extra.ds) is fitted to, and the editor's viewport here.
@@ -65,6 +76,99 @@ def _import_pack() -> None:
     import _pack
 
     _pack.import_pack()
+
+
+def models_property(api_node: Mapping[str, Any]) -> list[dict]:
+    """``properties.models`` of one node: the published single files it names, for the frontend."""
+    from comfyui_model_swap.nodes import workflow_runner as wr
+
+    entries = []
+    for key, name in wr.required_models({"1": dict(api_node)}):
+        spec = wr.model_files.MODELS[key]
+        url = spec.download_url
+        if name == spec.name and not spec.is_folder and name.endswith(FRONTEND_SUFFIXES) \
+                and url.startswith("https://huggingface.co/"):
+            entries.append({"name": name, "url": url, "directory": spec.folder})
+    return entries
+
+
+def with_models(workflow: dict, api: Mapping[str, Any]) -> dict:
+    """``workflow`` with ``properties.models`` set on every node that names published files
+    (and removed from the others)."""
+    for node in workflow["nodes"]:
+        entries = models_property(api[str(node["id"])]) if str(node["id"]) in api else []
+        properties = node.setdefault("properties", {})
+        if entries:
+            properties["models"] = entries
+        else:
+            properties.pop("models", None)
+    return workflow
+
+
+def thumbnail_bytes(png: Path) -> bytes:
+    """A JPEG thumbnail of a workflow picture (the Templates browser shows ``<name>.jpg``)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image = image.convert("RGB")
+        image.thumbnail(THUMBNAIL, Image.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()
+
+
+def repicture(png: Path, workflow: Mapping[str, Any]) -> None:
+    """Put ``workflow`` into an existing picture's ``workflow`` text chunk (pixels unchanged)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(png) as image:
+        pixels = image.convert("RGB")
+    info = PngInfo()
+    info.add_text("workflow", json.dumps(workflow, separators=(",", ":")))
+    pixels.save(png, pnginfo=info, optimize=True)
+
+
+def sync_examples(check: bool = False) -> list[Path]:
+    """Bring ``properties.models`` of ``workflows/<name>.json`` (and its picture) and
+    ``example_workflows/`` in step with the API files; returns the files out of step
+    (with ``check``, written otherwise)."""
+    _import_pack()
+    stale = []
+    wanted: dict[Path, bytes] = {}
+    for api_path in sorted(WORKFLOWS.glob("*_api.json")):
+        name = ui_name(api_path)
+        ui_path, png = WORKFLOWS / f"{name}.json", WORKFLOWS / f"{name}.png"
+        if not ui_path.is_file():
+            continue
+        current = ui_path.read_text()
+        workflow = with_models(json.loads(current), json.loads(api_path.read_text()))
+        text = workflow_text(workflow)
+        if text != current:
+            stale.append(ui_path)
+            if not check:
+                ui_path.write_text(text)
+        if png.is_file() and embedded_workflow(png) != workflow:
+            stale.append(png)
+            if not check:
+                repicture(png, workflow)
+        wanted[EXAMPLES / f"{name}.json"] = text.encode()
+        if png.is_file():
+            wanted[EXAMPLES / f"{name}.jpg"] = thumbnail_bytes(png)
+    present = set(EXAMPLES.glob("*")) if EXAMPLES.is_dir() else set()
+    for path in sorted(present - set(wanted)):
+        stale.append(path)
+        if not check:
+            path.unlink()
+    for path, content in wanted.items():
+        if not path.is_file() or path.read_bytes() != content:
+            stale.append(path)
+            if not check:
+                path.parent.mkdir(exist_ok=True)
+                path.write_bytes(content)
+    return stale
 
 
 def ui_name(api_path: Path) -> str:
@@ -306,6 +410,7 @@ def build_ui_workflow(page, api: Mapping[str, Any], name: str) -> dict:
     page.evaluate(_APPLY_JS, [placed, SEED_CONTROL])
     workflow = renumber_links(json.loads(page.evaluate(_SERIALIZE_JS)))
     workflow.setdefault("extra", {})["ds"] = fit_view(list(node_boxes(workflow, title_height).values()))
+    workflow = with_models(workflow, api)
     if overlapping(workflow, title_height):
         raise RuntimeError(f"{name}: overlapping nodes {overlapping(workflow, title_height)}")
     # What a user's editor makes of the file (it adds fields such as extra.workflowRendererVersion)
@@ -346,7 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pictures", action="store_true",
                         help="(re)write workflows/<name>.png: the graph, with the workflow embedded")
     parser.add_argument("--screenshots", type=Path, metavar="DIR", help="also save <DIR>/<name>.png of the window")
+    parser.add_argument("--examples", action="store_true",
+                        help="no browser: only properties.models and example_workflows/ from the committed files")
     args = parser.parse_args(argv)
+    if args.examples:
+        stale = sync_examples(check=args.check)
+        for path in stale:
+            print(f"{path.relative_to(ROOT)}: {'OUT OF DATE' if args.check else 'written'}")
+        return 1 if stale and args.check else 0
 
     _import_pack()
     import comfy_harness as ch
@@ -404,8 +516,11 @@ def main(argv: list[str] | None = None) -> int:
                 if log.page_errors or log.blocked_requests:
                     raise SystemExit(f"the editor reported page errors {log.page_errors} "
                                      f"or non-loopback requests {log.blocked_requests}")
+    examples = sync_examples(check=args.check)
+    for path in examples:
+        print(f"{path.relative_to(ROOT)}: {'OUT OF DATE' if args.check else 'written'}")
     print(f"done in {time.monotonic() - started:.0f} s")
-    return 1 if stale else 0
+    return 1 if stale or (args.check and examples) else 0
 
 
 if __name__ == "__main__":
