@@ -1,7 +1,11 @@
-"""The only place that talks to ComfyUI internals: folders, tensors, progress, memory.
+"""What the nodes need from ComfyUI's internals: model folders, tensors, progress, memory.
 
-Everything here is small and imported lazily by the nodes, so the pack's
-import stays cheap and the comfy-free pipeline never sees ComfyUI.
+The node modules themselves import only ComfyUI's public node API (``comfy_api.latest``);
+everything else the nodes need from ComfyUI (``folder_paths``, ``comfy.utils``,
+``comfy.model_management``) goes through here, imported lazily so the pack's import stays
+cheap. The HTTP API is the other user of ComfyUI internals: ``fashn_api/register.py`` and
+``fashn_api/comfy_backend.py`` read the server (``server.PromptServer``, ``comfy.cli_args``)
+and ``folder_paths``. The comfy-free pipeline (``pipeline/``) never sees ComfyUI.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import os
 
 import numpy as np
 
+from .pipeline.contract import CHECKPOINT_SUFFIXES
+
 PACK = "ModelSwap"
 CATEGORY = "Model Swap"
 # ComfyUI models sub-folders this pack reads; the first four are ComfyUI's own.
 FOLDERS = ("diffusers", "checkpoints", "controlnet", "loras", "clip_vision", "ipadapter", "insightface",
            "human_parsing")
-WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".sft"}
+WEIGHT_EXTENSIONS = {*CHECKPOINT_SUFFIXES, ".bin"}
 
 
 def register_model_folders() -> None:
