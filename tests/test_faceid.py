@@ -44,6 +44,17 @@ def files(base, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="module")
+def plain(base, files):
+    """FaceID from the .bin, with the LoRA inside it."""
+    return attach(base, FaceIDFiles(files["faceid_bin"]))
+
+
+@pytest.fixture(scope="module")
+def plus(base, files):
+    return attach_plus(base, files)
+
+
 def plus_files(files, **kw) -> FaceIDFiles:
     return FaceIDFiles(files["faceid_plusv2"], image_encoder=files["clip_vision"], **kw)
 
@@ -66,7 +77,7 @@ def identity(seed: int = 1, scale: float = 1.0, crop: int = 3) -> IdentityCondit
 
 
 def run(pipe, state=None, ident=None, seeds=(5,)) -> np.ndarray:
-    """Two steps with CFG at 64x64; float32 output, compared exactly."""
+    """One step with CFG at 64x64; float32 output, compared exactly."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -75,7 +86,7 @@ def run(pipe, state=None, ident=None, seeds=(5,)) -> np.ndarray:
     mask[8:56, 8:56] = 255
     extra = {} if state is None else identity_kwargs(pipe, state, ident, len(seeds), do_cfg=True)
     return pipe(prompt=["a person"] * len(seeds), image=image, mask_image=Image.fromarray(mask), height=SIZE,
-                width=SIZE, num_inference_steps=2, strength=1.0, guidance_scale=5.0, output_type="np",
+                width=SIZE, num_inference_steps=1, strength=1.0, guidance_scale=5.0, output_type="np",
                 generator=[torch.Generator().manual_seed(s) for s in seeds], **extra).images
 
 
@@ -97,9 +108,8 @@ def base_untouched(base) -> bool:
 # loading
 
 
-@pytest.mark.parametrize("which", ["faceid_bin", "faceid_safetensors"])
-def test_plain_faceid_loads_and_an_identity_changes_the_output(base, files, which):
-    pipe, state = attach(base, FaceIDFiles(files[which]))
+def test_plain_faceid_loads_and_an_identity_changes_the_output(base, plain):
+    pipe, state = plain
     assert state.kind == "faceid" and state.image_encoder is None
     layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
     assert type(layer).__name__ == "IPAdapterFaceIDImageProjection"
@@ -110,10 +120,8 @@ def test_plain_faceid_loads_and_an_identity_changes_the_output(base, files, whic
     assert base_untouched(base)
 
 
-@pytest.mark.parametrize("which", ["faceid_plusv2", "faceid_plusv2_safetensors"])
-def test_plusv2_loads_with_its_clip_encoder_and_the_face_crop_matters(base, files, which):
-    pipe, state = attach(base, FaceIDFiles(files[which], image_encoder=files["clip_vision"]),
-                         clip_config=files["clip_vision_config"])
+def test_plusv2_loads_with_its_clip_encoder_and_the_face_crop_matters(plus):
+    pipe, state = plus
     assert state.kind == "faceid_plusv2" and state.image_encoder.config.hidden_size == tiny_faceid.CLIP_HIDDEN
     layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
     assert type(layer).__name__ == "IPAdapterFaceIDPlusImageProjection"
@@ -126,8 +134,33 @@ def test_plusv2_loads_with_its_clip_encoder_and_the_face_crop_matters(base, file
     assert not np.array_equal(out[:1], run(pipe, state, None))
 
 
-def test_identity_kwargs_put_the_zero_negative_first_and_set_the_scale(base, files):
-    pipe, state = attach(base, FaceIDFiles(files["faceid_safetensors"]))
+def adapter_weights(pipe) -> dict:
+    """The loaded adapter: image projection and every to_k_ip / to_v_ip, by name."""
+    unet = pipe.unet
+    out = {f"proj.{k}": v for k, v in unet.encoder_hid_proj.state_dict().items()}
+    for name, proc in unet.attn_processors.items():
+        for i, (k, v) in enumerate(zip(getattr(proc, "to_k_ip", []), getattr(proc, "to_v_ip", []))):
+            out[f"{name}.{i}.k"], out[f"{name}.{i}.v"] = k.weight, v.weight
+    return out
+
+
+@pytest.mark.parametrize("kind", ["faceid", "faceid_plusv2"])
+def test_a_flat_safetensors_loads_the_same_adapter_as_the_nested_bin(base, files, plain, plus, kind):
+    if kind == "faceid":
+        (nested, _), (flat, state) = plain, attach(base, FaceIDFiles(files["faceid_safetensors"]))
+    else:
+        (nested, _), (flat, state) = plus, attach(base, FaceIDFiles(files["faceid_plusv2_safetensors"],
+                                                                    image_encoder=files["clip_vision"]),
+                                                   clip_config=files["clip_vision_config"])
+    assert state.kind == kind
+    ours, theirs = adapter_weights(flat), adapter_weights(nested)
+    assert len(ours) > 2 * 12 and ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+
+
+def test_identity_kwargs_put_the_zero_negative_first_and_set_the_scale(plain):
+    pipe, state = plain
     emb = embedding(4)
     (embeds,) = identity_kwargs(pipe, state, IdentityCondition(embedding=emb, scale=0.7), 3, True)["ip_adapter_image_embeds"]
     assert embeds.shape == (2, 1, 512) and torch.count_nonzero(embeds[0]) == 0
@@ -170,8 +203,8 @@ def lora_forms(files, tmp_path) -> dict:
     return paths
 
 
-def test_the_lora_inside_the_adapter_and_every_separate_form_load_the_same_weights(base, files, tmp_path):
-    embedded, state = attach(base, FaceIDFiles(files["faceid_bin"]))
+def test_the_lora_inside_the_adapter_and_every_separate_form_load_the_same_weights(base, files, plain, tmp_path):
+    embedded, state = plain
     assert lora_layers(embedded) == 4 * attentions(embedded)  # to_q, to_k, to_v, to_out of every attention
     assert state.lora.startswith("embedded") and state.lora_scale == 1.0
     reference = [lora_delta(embedded, p) for p in PROBES]
@@ -181,8 +214,6 @@ def test_the_lora_inside_the_adapter_and_every_separate_form_load_the_same_weigh
         assert state.lora == str(path)
         for probe, ref in zip(PROBES, reference):
             torch.testing.assert_close(lora_delta(pipe, probe), ref, msg=f"{form}: {probe}")
-    bare, state = attach(base, FaceIDFiles(files["faceid_nolora_bin"]))
-    assert lora_layers(bare) == 0 and state.lora is None
     assert base_untouched(base)
 
 
@@ -199,9 +230,10 @@ def test_lora_scale_sets_the_adapter_weight_and_zero_leaves_the_lora_out(base, f
 # per-pipeline state: the base and other attached pipelines never change
 
 
-def test_the_attached_unet_shares_the_base_weights(base, files):
-    pipe, _ = attach(base, FaceIDFiles(files["faceid_bin"]))
+def test_the_attached_unet_shares_the_base_weights(base, plain):
+    pipe, _ = plain
     assert pipe.unet is not base.unet and pipe.vae is base.vae and pipe.text_encoder_2 is base.text_encoder_2
+    assert pipe.scheduler is not base.scheduler
     name = "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2.weight"
     ours, theirs = dict(pipe.unet.named_parameters())[name], dict(base.unet.named_parameters())[name]
     assert ours.data_ptr() == theirs.data_ptr()
@@ -223,16 +255,36 @@ def test_two_attached_pipelines_alternate_with_the_outputs_each_gives_alone(base
     make_a, make_b = PAIRS[pair]
     ident = identity()
     base_before = run(base)
-    # references on this very base (a deep copy may sum in another order: last-bit differences)
-    alone_a = run(*make_a(base, files), ident)  # the only pipeline attached at the time
-    alone_b = run(*make_b(base, files), ident)  # the first one is gone: B alone
+    a = make_a(base, files)
+    alone_a = run(*a, ident)  # the only one attached
+    b = make_b(base, files)
+    alone_b = run(*b, ident)  # before any interleaving
     assert not np.array_equal(alone_a, alone_b) and not np.array_equal(alone_a, base_before)
-    a, b = make_a(base, files), make_b(base, files)
     for _ in range(2):
         np.testing.assert_array_equal(run(*a, ident), alone_a)
         np.testing.assert_array_equal(run(*b, ident), alone_b)
     np.testing.assert_array_equal(run(base), base_before)
     assert base_untouched(base)
+
+
+def test_with_model_offload_the_base_and_an_attached_pipeline_alternate(base, files, monkeypatch):
+    """diffusers' model CPU offload hooks, with the CPU standing in for the accelerator: the hooks on the
+    shared text encoders and VAE pass between the two pipelines, and neither one's outputs change."""
+    import diffusers.pipelines.pipeline_utils
+
+    monkeypatch.setattr(diffusers.pipelines.pipeline_utils, "get_device", lambda: "cpu:0")
+    offloaded = copy.deepcopy(base)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    base_ref = run(offloaded)
+    pipe, state = attach(offloaded, plus_files(files, lora=files["faceid_plusv2_lora"]), offload="model",
+                         clip_config=files["clip_vision_config"])
+    assert state.offload == "model" and pipe._all_hooks and state.image_encoder.device.type == "cpu"
+    assert next(pipe.unet.parameters()) is next(offloaded.unet.parameters())
+    ref = run(pipe, state, identity())
+    assert not np.array_equal(ref, base_ref)
+    for _ in range(2):
+        np.testing.assert_array_equal(run(offloaded), base_ref)
+        np.testing.assert_array_equal(run(pipe, state, identity()), ref)
 
 
 def test_attach_does_not_cast_a_half_precision_base(base, files):
@@ -385,14 +437,14 @@ def test_shipped_clip_vision_h_config_is_vit_h_14():
 
 @pytest.mark.parametrize("value", [np.zeros(512, np.float32), np.ones(128, np.float32),
                                    np.full(512, np.nan, np.float32), None])
-def test_bad_embeddings_are_clear_errors(base, files, value):
-    pipe, state = attach(base, FaceIDFiles(files["faceid_safetensors"]))
+def test_bad_embeddings_are_clear_errors(plain, value):
+    pipe, state = plain
     with pytest.raises(InputValidationError, match="normed_embedding"):
         identity_kwargs(pipe, state, IdentityCondition(embedding=value), 1, True)
 
 
-def test_plusv2_needs_the_face_crop(base, files):
-    pipe, state = attach_plus(base, files)
+def test_plusv2_needs_the_face_crop(plus):
+    pipe, state = plus
     with pytest.raises(InputValidationError, match="face crop"):
         identity_kwargs(pipe, state, IdentityCondition(embedding=embedding(1)), 1, True)
 

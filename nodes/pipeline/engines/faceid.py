@@ -1,22 +1,18 @@
 """IP-Adapter FaceID / FaceID PlusV2 (SDXL) as a pipeline of its own, beside the base one.
 
-:func:`attach` builds a new inpainting pipeline over the base pipeline's text
-encoders and VAE, with a UNet module tree of its own whose parameters ARE the base
-UNet's (the same tensors, no copy). The adapter is loaded into that tree with
-diffusers' ``load_ip_adapter`` (which also loads the LoRA inside a FaceID file as
-the peft adapter ``faceid_0``); a separate FaceID LoRA goes through
-``load_lora_weights`` under the same name; ``set_adapters`` sets its weight. So the
-attention processors, image projection and LoRA layers belong to the attached
-pipeline alone: the base pipeline and every other attached one never change.
+:func:`attach` builds a new inpainting pipeline over the base's text encoders and VAE with a
+UNet module tree of its own whose parameters ARE the base UNet's (no copy). diffusers loads the
+adapter into that tree (``load_ip_adapter``, which loads the LoRA inside a FaceID file as the
+peft adapter ``faceid_0``; a separate LoRA goes through ``load_lora_weights`` under that name;
+``set_adapters`` sets its weight), so processors, projection and LoRA layers belong to the
+attached pipeline alone: the base and every other attached pipeline never change.
 
 Files (https://huggingface.co/h94/IP-Adapter-FaceID): ``ip-adapter-faceid[-plusv2]_sdxl.bin``
-holds ``{"image_proj": {...}, "ip_adapter": {...}}`` (a ``.safetensors`` copy the same
-keys flattened as ``image_proj.*`` / ``ip_adapter.*``); ``ip_adapter`` has
-``{idx}.to_k_ip/to_v_ip.weight`` per cross-attention processor and the LoRA as
-``{idx}.to_{q,k,v,out}_lora.{down,up}.weight``, ``idx`` being the processor's position
-in ``unet.attn_processors``. ``*_sdxl_lora.safetensors`` is that LoRA in kohya form.
-Every file is checked against the UNet before anything is built, so a wrong file
-gets a message naming it, what is wrong and what to download.
+holds ``{"image_proj": {...}, "ip_adapter": {...}}`` (``.safetensors``: the same keys flattened);
+``ip_adapter`` has ``{idx}.to_k_ip/to_v_ip.weight`` per cross-attention processor and the LoRA
+as ``{idx}.to_{q,k,v,out}_lora.{down,up}.weight``, ``idx`` = position in ``unet.attn_processors``.
+Each file is checked against the UNet first: a wrong one gets a message naming it, the fault
+and what to download.
 """
 
 from __future__ import annotations
@@ -67,17 +63,14 @@ def _error(message: str) -> InputValidationError:
 
 def read_adapter(path: Path) -> dict:
     """``{"image_proj": {...}, "ip_adapter": {...}}`` from a nested .bin or a flat .safetensors."""
-    raw = read_state_dict(path, "IP-Adapter file")
-    groups = ("image_proj", "ip_adapter")
-    if any(g in raw for g in groups):
-        sd = {g: raw.get(g) for g in groups}
-    else:
-        sd = {g: {str(k)[len(g) + 1:]: v for k, v in raw.items() if str(k).startswith(g + ".")} for g in groups}
+    raw, groups = read_state_dict(path, "IP-Adapter file"), ("image_proj", "ip_adapter")
+    nested = any(g in raw for g in groups)
+    sd = {g: raw.get(g) if nested else {str(k)[len(g) + 1:]: v for k, v in raw.items() if str(k).startswith(g + ".")}
+          for g in groups}
     if not all(isinstance(v, dict) and v for v in sd.values()):
-        lora = any("lora" in str(k) for k in list(raw)[:50])
+        hint = " It looks like a LoRA: pass it as the FaceID LoRA (models/loras), not as the adapter."
         raise _error(f"{path.name} is not an IP-Adapter file: it lacks the image_proj and ip_adapter weight groups."
-                     + (" It looks like a LoRA: pass it as the FaceID LoRA (models/loras), not as the adapter."
-                        if lora else ""))
+                     + (hint if any("lora" in str(k) for k in list(raw)[:50]) else ""))
     return sd
 
 
@@ -89,9 +82,9 @@ def check_adapter(sd: dict, unet, name: str) -> tuple[str, int | None]:
                          ("proj.3.weight", "an IP-Adapter Full Face model")):
         if marker in proj and "perceiver_resampler.proj_in.weight" not in proj:
             raise _error(f"{name} is {what}, not IP-Adapter FaceID.")
-    needed = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
     if "proj.0.weight" not in proj or "proj.2.weight" not in proj:
         raise _error(f"{name} is not an IP-Adapter FaceID model (unknown image_proj layout).")
+    needed = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
     if any(k not in proj for k in needed):
         raise _error(f"{name} lacks image_proj {', '.join(k for k in needed if k not in proj)}: it is truncated "
                      "or not a FaceID model; re-download it.")
@@ -103,9 +96,6 @@ def check_adapter(sd: dict, unet, name: str) -> tuple[str, int | None]:
         made_for = {768: "SD 1.5", 1024: "SD 2.x", 2048: "SDXL"}.get(file_cad, f"cross-attention dim {file_cad}")
         raise _error(f"{name} was made for {made_for} but the loaded UNet has cross-attention dim {cad} "
                      "(SDXL: 2048): use the _sdxl FaceID file.")
-    if proj["proj.2.weight"].shape[0] % cad:
-        raise _error(f"{name}: its ID projection has {proj['proj.2.weight'].shape[0]} outputs, not a multiple of "
-                     f"{cad}; re-download it.")
     # diffusers' own processor order: ip_adapter key {idx} is position idx in unet.attn_processors
     cross = [(i, n) for i, n in enumerate(unet.attn_processors) if not n.endswith("attn1.processor")]
     n_ip = sum(1 for k in ip if str(k).endswith(".to_k_ip.weight"))
@@ -159,7 +149,7 @@ def read_lora(path: Path, unet) -> dict:
 
 def load_image_encoder(path, *, dtype=None, device="cpu", config=None):
     """CLIP ViT-H/14 (``CLIPVisionModelWithProjection``) from a transformers folder or one .safetensors in
-    transformers' key layout; ``config`` (CLIPVisionConfig, dict or JSON path) replaces the shipped one."""
+    transformers' key layout; ``config`` (a CLIPVisionConfig or JSON path) replaces the shipped one."""
     import torch
     from accelerate import init_empty_weights
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -168,11 +158,7 @@ def load_image_encoder(path, *, dtype=None, device="cpu", config=None):
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise missing_error(spec, path, "the folder lacks config.json (a transformers CLIP vision model)")
-        try:
-            model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-        except Exception as exc:
-            raise InputValidationError(f"The CLIP image encoder folder {path} could not be loaded "
-                                       f"({type(exc).__name__}: {exc}). {describe(spec)}.") from exc
+        model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True, dtype=dtype)
         return model.to(device).eval()
     sd = read_state_dict(require("clip_vision_h", path), "CLIP image encoder")
     if not any(str(k).startswith("vision_model.") for k in sd):
@@ -180,8 +166,7 @@ def load_image_encoder(path, *, dtype=None, device="cpu", config=None):
         raise InputValidationError(f"{path.name} is in {layout} key layout, not transformers' "
                                    f"CLIPVisionModelWithProjection ('vision_model.*'). {describe(spec)}.")
     if not isinstance(config, CLIPVisionConfig):
-        config = CLIPVisionConfig(**config) if isinstance(config, dict) else \
-            CLIPVisionConfig.from_json_file(str(config or CLIP_VISION_H_CONFIG))
+        config = CLIPVisionConfig.from_json_file(str(config or CLIP_VISION_H_CONFIG))
     with init_empty_weights():
         model = CLIPVisionModelWithProjection(config)
     expected = model.state_dict()
@@ -190,36 +175,38 @@ def load_image_encoder(path, *, dtype=None, device="cpu", config=None):
     wrong = [f"missing {k}" if k not in sd else f"{k} is {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
              for k, v in expected.items() if k not in sd or sd[k].shape != v.shape]
     if wrong:
-        hidden = sd.get("vision_model.pre_layrnorm.weight")
-        raise InputValidationError(
-            f"{path.name} is not the CLIP ViT-H/14 image encoder FaceID PlusV2 needs "
-            f"({'another architecture' if hidden is None else f'hidden size {hidden.shape[0]}'}; {wrong[0]}). "
-            f"{describe(spec)}.")
+        hidden = sd.get("vision_model.pre_layrnorm.weight", torch.zeros(0)).shape[0]
+        raise InputValidationError(f"{path.name} is not the CLIP ViT-H/14 image encoder FaceID PlusV2 needs "
+                                   f"(hidden size {hidden}; {wrong[0]}). {describe(spec)}.")
     model.load_state_dict({k: sd[k] for k in expected}, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 
 
 def _clone_unet(unet):
-    """A UNet module tree of its own whose parameters are ``unet``'s own Parameter objects: no copy, and a
-    device move of either (model offload) moves both."""
-    from accelerate import init_empty_weights
+    """A UNet module tree of its own whose parameters and buffers are ``unet``'s own objects: no copy, and
+    a device move of either (model offload) moves both."""
+    import torch
 
-    with init_empty_weights():
+    with torch.device("meta"):
         clone = type(unet).from_config(unet.config)
     clone.load_state_dict(unet.state_dict(keep_vars=True), strict=True, assign=True)
-    return clone.to(unet.device).eval()
+    for name, buf in unet.named_buffers():  # non-persistent ones too
+        owner, _, leaf = name.rpartition(".")
+        clone.get_submodule(owner)._buffers[leaf] = buf
+    return clone.eval()
 
 
 def _new_pipeline(base, unet):
-    """``from_pipe(base, unet=unet)`` without its final ``to(dtype)``, which casts every shared component
-    to one dtype (float32 unless told) and so would change the base's fp16 encoders or its fp32 VAE."""
+    """``from_pipe(base, unet=unet)`` with a scheduler of its own (it holds per-call state) and without
+    from_pipe's final ``to(dtype)``, which casts every shared component to one dtype (float32 unless
+    told) and so would change the base's fp16 text encoders or its fp32 VAE."""
     cls = type(base)
     modules, optional = cls._get_signature_keys(base)
     kwargs = {k: v for k, v in base.components.items() if k in modules}
     kwargs.update({k: base.config[k] for k in optional if k in base.config})
     if "add_watermarker" in optional:
         kwargs["add_watermarker"] = getattr(base, "watermark", None) is not None
-    pipe = cls(**{**kwargs, "unet": unet})
+    pipe = cls(**{**kwargs, "unet": unet, "scheduler": type(base.scheduler).from_config(base.scheduler.config)})
     pipe.set_progress_bar_config(**getattr(base, "_progress_bar_config", {}))
     return pipe
 
@@ -256,21 +243,22 @@ def attach(base_pipe, files: FaceIDFiles, *, offload: str = "none", clip_config=
                                        f"{adapter.name} expects {clip_hidden} (CLIP ViT-H/14: 1280). "
                                        f"{describe(MODELS['clip_vision_h'])}.")
     lora, source = None, None
+    embedded = {k: v for k, v in sd["ip_adapter"].items() if _IP_LORA.match(str(k))}
     if files.lora is not None:
         lora_path = require(faceid_lora_key(Path(files.lora).name), files.lora)
-        lora, source = (read_lora(lora_path, unet), str(lora_path)) if files.lora_scale > 0 else (None, None)
-    embedded = [k for k in sd["ip_adapter"] if _IP_LORA.match(str(k))]
-    if embedded and files.lora is None and files.lora_scale > 0:
-        lora, source = {k: sd["ip_adapter"][k] for k in embedded}, f"embedded in {adapter.name}"
-    else:  # diffusers would load an embedded LoRA; leave it out when it is replaced or weighted 0
+        if files.lora_scale > 0:
+            lora, source = read_lora(lora_path, unet), str(lora_path)
+    elif embedded and files.lora_scale > 0:
+        lora, source = embedded, f"embedded in {adapter.name}"  # diffusers' load_ip_adapter loads it
+    if lora is not embedded:  # replaced, or weighted 0: keep diffusers from loading it
         sd = {"image_proj": sd["image_proj"], "ip_adapter": {k: v for k, v in sd["ip_adapter"].items()
-                                                             if not _IP_LORA.match(str(k))}}
+                                                             if k not in embedded}}
     pipe = _new_pipeline(base_pipe, unet)
     try:
         pipe.load_ip_adapter(sd, subfolder="", weight_name=adapter.name, image_encoder_folder=None)
     except Exception as exc:
         raise _error(f"{adapter.name} could not be loaded into the UNet ({type(exc).__name__}: {str(exc)[:300]}).") from exc
-    if lora is not None and not source.startswith("embedded"):
+    if lora is not None and lora is not embedded:
         try:
             pipe.load_lora_weights(lora, adapter_name=LORA_ADAPTER)
         except Exception as exc:
@@ -281,21 +269,12 @@ def attach(base_pipe, files: FaceIDFiles, *, offload: str = "none", clip_config=
             raise _lora_error(source, f"matched {found} of its {expected} layers in the loaded UNet")
         pipe.set_adapters([LORA_ADAPTER], adapter_weights=[float(files.lora_scale)])
     if offload == "model":
-        _offload_unet(pipe)
+        # diffusers' own offload (its LoRA loader already did this when it saw the base's hooks). The hooks on
+        # the shared components move to this pipeline's chain; every pipeline re-installs its own chain at the
+        # end of each call (maybe_free_model_hooks), so the base and this one each run right after the other.
+        pipe.enable_model_cpu_offload(device=getattr(base_pipe, "_offload_device", None))
     return pipe, FaceIDState(kind=kind, image_encoder=encoder, lora=source,
                              lora_scale=float(files.lora_scale) if lora is not None else 0.0, offload=offload)
-
-
-def _offload_unet(pipe) -> None:
-    """Model CPU offload for the attached UNet only. The shared components keep the base's hooks
-    (``enable_model_cpu_offload`` here would strip them from the base); the base's VAE hook offloads the
-    base UNet, whose Parameter objects this UNet shares, after every call."""
-    from accelerate import cpu_offload_with_hook
-    from accelerate.hooks import UserCpuOffloadHook
-
-    te2 = pipe.text_encoder_2
-    prev = UserCpuOffloadHook(te2, te2._hf_hook) if hasattr(te2, "_hf_hook") else None
-    cpu_offload_with_hook(pipe.unet, pipe._execution_device, prev_module_hook=prev)
 
 
 def _clip_features(state: FaceIDState, face_crop, device):
@@ -307,15 +286,13 @@ def _clip_features(state: FaceIDState, face_crop, device):
     encoder, size = state.image_encoder, int(state.image_encoder.config.image_size)
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     pixels = processor(images=np.ascontiguousarray(face_crop), return_tensors="pt").pixel_values
-    if state.offload != "none":
-        encoder.to(device)
+    pixels = torch.cat([torch.zeros_like(pixels), pixels])
     try:
         with torch.no_grad():
-            pixels = torch.cat([torch.zeros_like(pixels), pixels]).to(device=encoder.device, dtype=encoder.dtype)
-            return encoder(pixels, output_hidden_states=True).hidden_states[-2]
+            encoder.to(device)  # a no-op unless offloaded
+            return encoder(pixels.to(device, encoder.dtype), output_hidden_states=True).hidden_states[-2]
     finally:
-        if state.offload != "none":
-            encoder.to("cpu")
+        encoder.to("cpu" if state.offload != "none" else device)
 
 
 def identity_kwargs(pipe, state: FaceIDState, identity, num_images: int, do_cfg: bool) -> dict:
