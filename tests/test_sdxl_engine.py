@@ -15,7 +15,7 @@ import torch
 
 import tiny_checkpoint
 import tiny_sdxl
-from comfyui_model_swap.nodes.pipeline.engines import base, common, sdxl
+from comfyui_model_swap.nodes.pipeline.engines import base, common, sdxl, sdxl_inpaint
 from comfyui_model_swap.nodes.pipeline.engines.base import InpaintRequest
 from comfyui_model_swap.nodes.pipeline.errors import InputValidationError, MissingModelError
 
@@ -328,7 +328,7 @@ def test_differential_step_holds_exactly_the_latents_whose_turn_has_not_come(tin
     mask[:, :32], mask[:, 32:] = 1.0, 0.25
     req = request((4, 5), mask=mask, steps=8)
     pixels = torch.from_numpy(req.image).permute(2, 0, 1)[None].float() / 255.0
-    blend = sdxl._differential(pipe, req, pixels)
+    blend = sdxl_inpaint._differential(pipe, req, pixels)
     pipe.scheduler.set_timesteps(8)
     pipe.scheduler.set_begin_index(0)
     pipe.scheduler._step_index = 3  # as after step 2 of 8

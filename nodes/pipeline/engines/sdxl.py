@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from .. import model_files
-from ..contract import CHECKPOINT_SUFFIXES, SAFETENSORS_SUFFIXES, steps_run
+from ..contract import CHECKPOINT_SUFFIXES, SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError, ModelSwapError
 from . import common
-from .base import Capabilities, InpaintRequest, StepCallback, is_binary, strength_thresholds
+from .base import Capabilities, InpaintRequest, StepCallback
 
 CAPABILITIES = Capabilities(
     name="sdxl", reference_image=False, embedding_identity=True, controlnet=True, guidance=True,
@@ -80,7 +80,9 @@ class SDXLEngine:
     faceid: Any = None  # faceid.FaceIDState when an adapter is attached
 
     def inpaint(self, request: InpaintRequest, on_step: StepCallback | None = None) -> list[np.ndarray]:
-        return _inpaint(self, request, on_step)
+        from .sdxl_inpaint import inpaint
+
+        return inpaint(self, request, on_step)
 
 
 def clear_cache() -> None:
@@ -329,112 +331,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputValidationError(f"{path} is not readable JSON ({exc}); re-download or restore it.") from exc
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-class _ModeOnly:
-    """A latent distribution whose sample is its mode. diffusers' SDXL inpaint pipelines encode the
-    (masked) image once for the whole batch with the FIRST generator only, so image i of a batch
-    would differ from a single run at seed i; encoding without sampling keeps image i a function
-    of its own seed (and keeps the preserved area free of sampling noise)."""
-
-    def __init__(self, dist):
-        self._dist = dist
-
-    def sample(self, generator=None):
-        return self._dist.mode()
-
-    def mode(self):
-        return self._dist.mode()
-
-
-class _DeterministicEncode:
-    def __init__(self, vae):
-        self.vae = vae
-
-    def __enter__(self):
-        encode = type(self.vae).encode
-
-        def deterministic(x, return_dict: bool = True):
-            out = encode(self.vae, x, return_dict=return_dict)
-            dist = out.latent_dist if return_dict else out[0]
-            return type(out)(latent_dist=_ModeOnly(dist)) if return_dict else (_ModeOnly(dist),)
-
-        self.vae.encode = deterministic
-        return self
-
-    def __exit__(self, *exc):
-        del self.vae.encode
-
-
-def _inpaint(engine: SDXLEngine, req: InpaintRequest, on_step: StepCallback | None) -> list[np.ndarray]:
-    import torch
-
-    pipe, n = engine.pipe, len(req.seeds)
-    h, w = req.image.shape[:2]
-    steps, total = steps_run(req.steps, req.strength)
-    binary = (req.mask > 0).astype(np.float32)
-    do_cfg = req.guidance_scale > 1.0 and pipe.unet.config.time_cond_proj_dim is None
-    kwargs = dict(
-        image=torch.from_numpy(np.ascontiguousarray(req.image)).permute(2, 0, 1)[None].float() / 255.0,
-        mask_image=torch.from_numpy(binary)[None, None], height=h, width=w, strength=float(req.strength),
-        num_inference_steps=steps, guidance_scale=float(req.guidance_scale),
-        negative_prompt=req.negative_prompt or None, generator=common.generators(req.seeds), output_type="np")
-    if len(set(req.prompts)) == 1:
-        kwargs.update(prompt=req.prompts[0], num_images_per_prompt=n)
-    else:
-        kwargs.update(prompt=list(req.prompts), num_images_per_prompt=1)
-    if engine.faceid is not None:
-        from . import faceid
-
-        kwargs.update(faceid.identity_kwargs(pipe, engine.faceid, req.identity, n, do_cfg))
-    if req.control_image is not None:
-        kwargs.update(control_image=torch.from_numpy(np.ascontiguousarray(req.control_image)).permute(2, 0, 1)[None]
-                      .float() / 255.0, controlnet_conditioning_scale=float(req.controlnet_scale))
-    blend = None if is_binary(req.mask) else _differential(pipe, req, kwargs["image"])
-
-    def callback(pipeline, i, t, tensors):
-        if blend is not None:
-            tensors["latents"] = blend(pipeline, i, tensors["latents"])
-        if on_step is not None:
-            on_step(int(i), total)
-        return tensors
-
-    kwargs["callback_on_step_end"] = callback
-    with torch.inference_mode(), _DeterministicEncode(pipe.vae):
-        images = pipe(**kwargs).images
-    return common.to_uint8(images)
-
-
-def _differential(pipe, req: InpaintRequest, pixels):
-    """A step callback that holds each latent pixel at the noised source until the schedule reaches
-    its mask value (see base.py): per-pixel strength for the soft mask."""
-    import cv2
-    import torch
-    from diffusers.utils.torch_utils import randn_tensor
-
-    vae, scale = pipe.vae, pipe.vae_scale_factor
-    lh, lw = req.image.shape[0] // scale, req.image.shape[1] // scale
-    with _DeterministicEncode(vae), torch.inference_mode():
-        p = next(vae.parameters())
-        x = (pixels * 2.0 - 1.0).to(device=pipe._execution_device, dtype=torch.float32 if vae.config.force_upcast else p.dtype)
-        source = vae.to(x.dtype).encode(x).latent_dist.mode() * vae.config.scaling_factor
-        vae.to(p.dtype)
-    noise = torch.cat([randn_tensor((1, source.shape[1], lh, lw), generator=g, dtype=torch.float32)
-                       for g in common.generators(req.seeds)])
-    mask = torch.from_numpy(cv2.resize(req.mask, (lw, lh), interpolation=cv2.INTER_AREA))[None, None]
-    run = steps_run(req.steps, req.strength)[1]
-    thresholds = strength_thresholds(run)
-
-    def blend(pipeline, i: int, latents):
-        if i + 1 >= run:
-            return latents
-        sched = pipeline.scheduler
-        t_next = sched.timesteps[len(sched.timesteps) - run + i + 1]
-        held = sched.add_noise(source.to(latents), noise.to(latents), t_next.reshape(1))
-        keep = (mask < thresholds[i + 1]).to(latents.device)
-        return torch.where(keep, held, latents)
-
-    return blend
