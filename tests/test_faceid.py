@@ -343,7 +343,7 @@ def test_a_lora_given_as_the_adapter_is_a_clear_error(base, files, tmp_path):
 def test_an_adapter_given_as_the_lora_is_a_clear_error(base, files, tmp_path):
     target = tmp_path / "ip-adapter-faceid_sdxl_lora.safetensors"
     target.write_bytes(files["faceid_safetensors"].read_bytes())
-    with pytest.raises(InputValidationError, match="without LoRA weights"):
+    with pytest.raises(InputValidationError, match="IP-Adapter file, not a LoRA"):
         attach(base, FaceIDFiles(files["faceid_nolora_bin"], lora=target))
     target.write_bytes(files["clip_vision"].read_bytes())
     with pytest.raises(InputValidationError, match="is not a LoRA"):

@@ -119,16 +119,13 @@ def check_adapter(sd: dict, unet, name: str) -> tuple[str, int | None]:
 
 def read_lora(path: Path, unet) -> dict:
     """A FaceID LoRA as ``load_lora_weights`` takes it: kohya and diffusers keys pass through, the
-    unprefixed first upload and the adapter file's own ``{idx}.to_q_lora`` keys are renamed, text-encoder
-    keys dropped (the text encoders are shared with the base pipeline; FaceID LoRAs never hold any)."""
+    unprefixed first upload and the adapter's own ``{idx}.to_q_lora`` keys are renamed, text-encoder keys
+    dropped (the text encoders are shared with the base pipeline; FaceID LoRAs never hold any)."""
     raw = {str(k): v for k, v in read_state_dict(path, "FaceID LoRA").items()}
-    if "ip_adapter" in raw or any(k.startswith(("image_proj.", "ip_adapter.")) for k in raw):
-        ip = raw.get("ip_adapter") or {k[len("ip_adapter."):]: v for k, v in raw.items() if k.startswith("ip_adapter.")}
-        raw = {k: v for k, v in ip.items() if _IP_LORA.match(k)}
-        if not raw:
-            raise InputValidationError(
-                f"{path.name} is an IP-Adapter file without LoRA weights, not a LoRA: pass it as the adapter and "
-                f"give {MODELS['faceid_lora'].name} (models/loras) as the LoRA.")
+    if any(k in ("image_proj", "ip_adapter") or k.startswith(("image_proj.", "ip_adapter.")) for k in raw):
+        raise InputValidationError(
+            f"{path.name} is an IP-Adapter file, not a LoRA: pass it as the adapter (its LoRA, if any, is used "
+            f"with it) and {MODELS['faceid_lora'].name} (models/loras) as the LoRA.")
     names, out = list(unet.attn_processors), {}
     for k, v in raw.items():
         if k.startswith(("lora_te", "text_encoder", "te_")):
@@ -175,9 +172,10 @@ def load_image_encoder(path, *, dtype=None, device="cpu", config=None):
     wrong = [f"missing {k}" if k not in sd else f"{k} is {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
              for k, v in expected.items() if k not in sd or sd[k].shape != v.shape]
     if wrong:
-        hidden = sd.get("vision_model.pre_layrnorm.weight", torch.zeros(0)).shape[0]
+        hidden = sd.get("vision_model.pre_layrnorm.weight")
+        what = "another architecture" if hidden is None else f"hidden size {hidden.shape[0]}"
         raise InputValidationError(f"{path.name} is not the CLIP ViT-H/14 image encoder FaceID PlusV2 needs "
-                                   f"(hidden size {hidden}; {wrong[0]}). {describe(spec)}.")
+                                   f"({what}; {wrong[0]}). {describe(spec)}.")
     model.load_state_dict({k: sd[k] for k in expected}, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -269,9 +267,8 @@ def attach(base_pipe, files: FaceIDFiles, *, offload: str = "none", clip_config=
             raise _lora_error(source, f"matched {found} of its {expected} layers in the loaded UNet")
         pipe.set_adapters([LORA_ADAPTER], adapter_weights=[float(files.lora_scale)])
     if offload == "model":
-        # diffusers' own offload (its LoRA loader already did this when it saw the base's hooks). The hooks on
-        # the shared components move to this pipeline's chain; every pipeline re-installs its own chain at the
-        # end of each call (maybe_free_model_hooks), so the base and this one each run right after the other.
+        # diffusers' own (its LoRA loader does this too on seeing the base's hooks): the shared components'
+        # hooks join this chain, and each pipeline re-hooks its own at the end of every call.
         pipe.enable_model_cpu_offload(device=getattr(base_pipe, "_offload_device", None))
     return pipe, FaceIDState(kind=kind, image_encoder=encoder, lora=source,
                              lora_scale=float(files.lora_scale) if lora is not None else 0.0, offload=offload)
