@@ -122,7 +122,7 @@ class IdentityEncode(io.ComfyNode):
 class ModelSwapSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from .pipeline.prompting import NEGATIVE_PROMPT
+        from .pipeline.prompting import NEGATIVE_PROMPT, PERSONS
 
         return io.Schema(
             node_id=f"{glue.PACK}_Sampler",
@@ -160,6 +160,10 @@ class ModelSwapSampler(io.ComfyNode):
                                tooltip="Share of the sampling schedule in which body skin (torso, arms, hands, legs, "
                                        "feet) may change; face and hair always get all of it. Lower keeps more of "
                                        "the body's shape and shading, higher changes its tone more freely."),
+                io.Combo.Input("person", options=list(PERSONS), default="auto", optional=True,
+                               tooltip="Who the automatic prompt describes: auto = the sex face analysis reports "
+                                       "(a neutral 'person' when the analyser has no age/sex model, e.g. OpenCV "
+                                       "YuNet/SFace); woman or man to say it yourself. Ignored with a prompt."),
             ],
             outputs=[
                 JobType.Output("sampled_job", display_name="job", tooltip="The swap job, for FaceRefine."),
@@ -169,13 +173,13 @@ class ModelSwapSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, generator, job, prompt, seed, num_images, steps, guidance_scale, strength, negative_prompt,
-                controlnet_scale, control_image=None, body_strength=c.DEFAULT_BODY_STRENGTH):
+                controlnet_scale, control_image=None, body_strength=c.DEFAULT_BODY_STRENGTH, person="auto"):
         from .pipeline.pipeline import GenerateSettings, check_engine_fits, finish, generate
 
         controls = [None] if control_image is None else glue.images_from_tensor(control_image)
         settings = GenerateSettings(prompt=prompt, seed=seed, num_images=num_images, steps=steps,
                                     guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
-                                    controlnet_scale=controlnet_scale, body_strength=body_strength)
+                                    controlnet_scale=controlnet_scale, body_strength=body_strength, person=person)
         for i, encoded in enumerate(job):  # refuse what the engine cannot do before any sampling
             check_engine_fits(generator, encoded, controls[min(i, len(controls) - 1)])
         glue.free_comfy_memory()

@@ -30,7 +30,7 @@ from .compositing import composite, to_native
 from .engines.base import IdentityCondition, InpaintRequest
 from .errors import InputValidationError
 from .images import MAX_PIXELS, as_mask, as_rgb_uint8, pad_to_multiple, processing_size, resize
-from .prompting import NEGATIVE_PROMPT, framing_of, prompts_for, skin_tone_of
+from .prompting import NEGATIVE_PROMPT, PERSONS, framing_of, prompts_for, skin_tone_of
 
 Timings = tuple  # ((stage name, seconds), ...)
 DEFAULT_BODY_STRENGTH = c.DEFAULT_BODY_STRENGTH
@@ -56,6 +56,7 @@ class GenerateSettings:
     negative_prompt: str = NEGATIVE_PROMPT
     controlnet_scale: float = 0.8
     body_strength: float = DEFAULT_BODY_STRENGTH  # body skin's share of the schedule; face and hair get all of it
+    person: str = "auto"  # prompting.PERSONS: who the automatic prompt describes when analysis cannot tell
 
     def seeds(self) -> tuple[int, ...]:
         """Image i uses seed + i (wrapping past 2**32 - 1)."""
@@ -225,7 +226,7 @@ def generate(engine, encoded: Encoded, settings: GenerateSettings = GenerateSett
     prompts, _ = prompts_for(
         list(seeds), user_prompt=settings.prompt, framing=framing_of(prepared.swap.labels),
         sex=None if face is None else face.sex, age=None if face is None else face.age,
-        reference_skin_tone=encoded.ref_tone)
+        reference_skin_tone=encoded.ref_tone, person=settings.person)
     multiple = engine.capabilities.side_multiple
     timings: list = []
     with timed(engine.device, timings, "generate"):
@@ -283,6 +284,7 @@ class SwapOptions:
     guidance_scale: float = 5.0
     identity_scale: float = 0.8
     body_strength: float = DEFAULT_BODY_STRENGTH
+    person: str = "auto"
     regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
     grow: int = 4
     feather: int = 8
@@ -301,7 +303,7 @@ class SwapOptions:
         return GenerateSettings(prompt=self.prompt, seed=self.seed, num_images=self.num_images, steps=self.steps,
                                 strength=self.strength, guidance_scale=self.guidance_scale,
                                 negative_prompt=self.negative_prompt, controlnet_scale=self.controlnet_scale,
-                                body_strength=self.body_strength)
+                                body_strength=self.body_strength, person=self.person)
 
 
 def _in(value, bounds, name: str, integer: bool = False) -> None:
@@ -329,6 +331,8 @@ def validate_options(o: SwapOptions) -> None:
     if o.face_reference_mode not in c.MODES:
         raise InputValidationError(
             f"face_reference_mode={o.face_reference_mode!r} is not supported: use one of {', '.join(c.MODES)}.")
+    if o.person not in PERSONS:
+        raise InputValidationError(f"person={o.person!r}: use one of {', '.join(PERSONS)}.")
     if o.output_size not in c.OUTPUT_SIZES:
         raise InputValidationError(f"output_size={o.output_size!r}: use one of {', '.join(c.OUTPUT_SIZES)}.")
     if not isinstance(o.prompt, str) or not isinstance(o.negative_prompt, str):

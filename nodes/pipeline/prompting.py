@@ -31,11 +31,14 @@ _ETHNICITY_BY_TONE = {
 }
 HAIR_COLOURS = ("black", "dark brown", "chestnut brown", "light brown", "honey blonde", "platinum blonde",
                 "auburn", "copper red", "ash brown", "jet black")
+PERSONS = ("auto", "woman", "man")  # the `person` setting: auto = what face analysis says, else a neutral person
 HAIR_STYLES = {
     "female": ("long straight", "long wavy", "shoulder-length", "sleek ponytail", "curly", "short bob",
                "loose braids", "low bun", "pixie-cut", "voluminous afro"),
     "male": ("short cropped", "textured quiff", "buzz-cut", "slicked-back", "curly", "medium-length wavy",
              "short afro", "side-parted", "tousled", "man-bun"),
+    "person": ("shoulder-length", "curly", "short cropped", "medium-length wavy", "tousled", "short afro",
+               "sleek", "wavy", "close-cropped", "layered"),
 }
 AGE_BANDS = ("early twenties", "mid twenties", "late twenties", "thirties", "early forties")
 NEGATIVE_PROMPT = (
@@ -47,7 +50,7 @@ NEGATIVE_PROMPT = (
 
 @dataclass(frozen=True)
 class Identity:
-    sex: str  # "female" | "male"
+    sex: str  # "female" | "male" | "person" (unknown: described without guessing)
     age_band: str
     skin_tone: str
     ethnicity: str
@@ -55,7 +58,7 @@ class Identity:
     hair_style: str
 
     def describe(self) -> str:
-        noun, pronoun = ("woman", "her") if self.sex == "female" else ("man", "his")
+        noun, pronoun = {"female": ("woman", "her"), "male": ("man", "his")}.get(self.sex, ("person", "their"))
         return (f"a {self.ethnicity} {noun} in {pronoun} {self.age_band} with {self.skin_tone} skin "
                 f"and {self.hair_colour} {self.hair_style} hair")
 
@@ -77,10 +80,11 @@ def age_band_for(age: float | None) -> str | None:
 def random_identity(seed: int, *, sex: str | None = None, age: float | None = None,
                     skin_tone: str | None = None) -> Identity:
     """Draw a new person from ``seed``. Known facts (sex, apparent age, a reference's
-    skin tone) are kept; everything else is drawn."""
+    skin tone) are kept; everything else is drawn. An unknown sex is not guessed: the person is
+    described neutrally."""
     rng = random.Random(f"model-swap-identity:{seed}")
-    drawn_sex = rng.choice(("female", "male"))
-    sex = sex if sex in ("female", "male") else drawn_sex
+    rng.choice(("female", "male"))  # kept so a seed draws the same person as before this setting
+    sex = sex if sex in ("female", "male") else "person"
     tone = rng.choice(SKIN_TONES)
     tone = skin_tone if skin_tone in SKIN_TONES else tone
     band = rng.choice(AGE_BANDS)
@@ -144,13 +148,17 @@ def build_prompt(identity: Identity, framing: str) -> str:
 
 
 def prompts_for(seeds: list[int], *, user_prompt: str = "", framing: str = "fashion photo",
-                sex: str | None = None, age: float | None = None,
-                reference_skin_tone: str | None = None) -> tuple[list[str], list[Identity | None]]:
+                sex: str | None = None, age: float | None = None, reference_skin_tone: str | None = None,
+                person: str = "auto") -> tuple[list[str], list[Identity | None]]:
     """One prompt per output image (image i uses seeds[i]).
 
     A user prompt is used as given; with a face reference its measured skin tone
-    is appended unless the user already describes skin.
+    is appended unless the user already describes skin. ``person`` (one of PERSONS) overrides
+    the analysed sex; with "auto" and no sex from analysis (e.g. a face analyser without an
+    age/sex model) the automatic prompt describes a person without guessing.
     """
+    if person in ("woman", "man"):
+        sex = "female" if person == "woman" else "male"
     user_prompt = (user_prompt or "").strip()
     if user_prompt:
         text = user_prompt
