@@ -218,12 +218,12 @@ def test_the_lora_inside_the_adapter_and_every_separate_form_load_the_same_weigh
 
 
 def test_lora_scale_sets_the_adapter_weight_and_zero_leaves_the_lora_out(base, files):
-    half, state = attach(base, FaceIDFiles(files["faceid_bin"], lora_scale=0.5))
-    assert state.lora_scale == 0.5
+    half, half_state = attach(base, FaceIDFiles(files["faceid_bin"], lora_scale=0.5))
+    assert half_state.lora_scale == 0.5
     assert half.unet.get_submodule(PROBES[0]).scaling[faceid.LORA_ADAPTER] == pytest.approx(0.5)
-    off, state = attach(base, FaceIDFiles(files["faceid_bin"], lora_scale=0.0))
-    assert lora_layers(off) == 0 and state.lora is None
-    assert not np.array_equal(run(half, state, identity()), run(off, state, identity()))
+    off, off_state = attach(base, FaceIDFiles(files["faceid_bin"], lora_scale=0.0))
+    assert lora_layers(off) == 0 and off_state.lora is None and off_state.lora_scale == 0.0
+    assert not np.array_equal(run(half, half_state, identity()), run(off, off_state, identity()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_two_attached_pipelines_alternate_with_the_outputs_each_gives_alone(base
     ident = identity()
     base_before = run(base)
     a = make_a(base, files)
-    alone_a = run(*a, ident)  # the only one attached
+    alone_a = run(*a, ident)  # before B exists
     b = make_b(base, files)
     alone_b = run(*b, ident)  # before any interleaving
     assert not np.array_equal(alone_a, alone_b) and not np.array_equal(alone_a, base_before)
