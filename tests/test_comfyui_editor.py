@@ -225,3 +225,143 @@ def test_workflow_queued_from_the_editor_runs_and_saves_num_images(server, input
     log = ch.page_log(page)
     assert not log.page_errors, log.page_errors
     assert not log.blocked_requests, log.blocked_requests
+
+
+# ------------------------------------------------------------------------------- models, templates, help pages
+
+EXAMPLES = ROOT / "example_workflows"
+HELP_PAGES = ROOT / "web" / "docs"
+CLIP_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"  # a published single file the tiny models lack
+
+
+def test_example_workflows_are_the_editor_workflows_with_thumbnails():
+    assert exporter.sync_examples(check=True) == [], "run scripts/export_ui_workflows.py --examples"
+    assert sorted(EXAMPLES.glob("*.json")) == [EXAMPLES / p.name for p in UI_WORKFLOWS]
+    for ui in UI_WORKFLOWS:
+        assert (EXAMPLES / ui.name).read_bytes() == ui.read_bytes()
+        with Image.open(EXAMPLES / f"{ui.stem}.jpg") as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size) <= 512
+
+
+@pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_loader_nodes_carry_models_for_the_published_files_they_name(workflow):
+    api = load_json(api_twin(workflow))
+    for node in load_json(workflow)["nodes"]:
+        entries = node.get("properties", {}).get("models", [])
+        assert entries == exporter.models_property(api[str(node["id"])])
+        for entry in entries:
+            assert entry["name"] in node["widgets_values"] and entry["name"].endswith(".safetensors")
+            assert entry["url"].startswith("https://huggingface.co/")
+
+
+def test_models_property_lists_single_hub_files_and_leaves_out_folders_zips_and_bins():
+    cases = {
+        ("UNETLoader", "unet_name", "flux-2-klein-4b.safetensors"): [{
+            "name": "flux-2-klein-4b.safetensors", "directory": "diffusion_models",
+            "url": "https://huggingface.co/Comfy-Org/Flux-2-Klein-4B/resolve/main/split_files/diffusion_models/"
+                   "flux-2-klein-4b.safetensors"}],
+        ("VAELoader", "vae_name", "flux2-vae.safetensors"): [{
+            "name": "flux2-vae.safetensors", "directory": "vae",
+            "url": "https://huggingface.co/Comfy-Org/Flux-2-Klein-4B/resolve/main/split_files/vae/flux2-vae.safetensors"}],
+        ("ModelSwap_PipelineLoader", "model", "stable-diffusion-xl-1.0-inpainting-0.1"): [],  # a folder
+        ("ModelSwap_PipelineLoader", "faceid", "ip-adapter-faceid_sdxl.bin"): [],  # not .safetensors
+        ("ModelSwap_InsightFaceLoader", "pack", "antelopev2"): [],  # a zip
+        ("ModelSwap_PipelineLoader", "faceid_lora", "my_own_lora.safetensors"): [],  # not a published name
+    }
+    for (cls, name, value), expected in cases.items():
+        assert exporter.models_property({"class_type": cls, "inputs": {name: value}}) == expected, (cls, value)
+
+
+def test_every_pack_node_has_a_help_page_served_by_comfyui(server):
+    nodes = server.pack_nodes()
+    assert nodes
+    assert sorted(p.stem for p in HELP_PAGES.glob("*.md")) == nodes
+    for node in nodes:
+        text = (HELP_PAGES / f"{node}.md").read_text()
+        assert text.startswith("# ") and "## Inputs" in text and "## Outputs" in text and "## Tip" in text
+        status, body = server.request("GET", f"/extensions/{ch.PACK_DIR_NAME}/docs/{node}.md")
+        assert status == 200 and body.decode() == text
+
+
+def test_comfyui_serves_the_example_workflows_as_templates(server):
+    listed = server.get_json("/api/workflow_templates")[ch.PACK_DIR_NAME]
+    for ui in UI_WORKFLOWS:
+        assert ui.stem in listed
+        status, body = server.request("GET", f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{ui.name}")
+        assert status == 200 and json.loads(body) == load_json(ui)
+        status, body = server.request("GET", f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{ui.stem}.jpg")
+        assert status == 200 and body == (EXAMPLES / f"{ui.stem}.jpg").read_bytes()
+
+
+def _missing_models_cases():
+    """Shipped editor workflows whose loaders name published single files, and the face-reference
+    one with the CLIP ViT-H encoder chosen (a published file the tiny models lack)."""
+    cases = [(p.stem, load_json(p)) for p in UI_WORKFLOWS
+             if any(n.get("properties", {}).get("models") for n in load_json(p)["nodes"])]
+    ui = load_json(WORKFLOWS / "model_swap_face_reference.json")
+    api = load_json(WORKFLOWS / "model_swap_face_reference_api.json")
+    (loader,) = [n for n in ui["nodes"] if n["type"] == "ModelSwap_PipelineLoader"]
+    inputs = api[str(loader["id"])]["inputs"]
+    loader["widgets_values"][list(k for k, v in inputs.items() if not isinstance(v, list)).index("clip_vision")] = CLIP_H
+    inputs["clip_vision"] = CLIP_H
+    exporter.with_models(ui, api)
+    return cases + [("face_reference_with_clip_h", ui)]
+
+
+@pytest.mark.parametrize("name,workflow", _missing_models_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_missing_models_dialog_lists_absent_files_with_their_download_links(page, server, name, workflow):
+    expected = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])
+                if not (server.base_dir / "models" / m["directory"] / m["name"]).exists()]
+    assert expected, f"{name}: every file it lists is present in the test models"
+    ch.close_dialogs(page)
+    ch.load_workflow(page, workflow)
+    dialog = page.locator(".p-dialog", has_text="Missing Models")
+    dialog.wait_for(timeout=30_000)
+    text = dialog.inner_text()
+    links = page.evaluate("() => [...document.querySelectorAll('.p-dialog [title]')].map(e => e.title)")
+    for model in expected:
+        assert f"{model['directory']} / {model['name']}" in text
+        assert model["url"] in links
+    ch.screenshot(page, name=f"editor_missing_models_{name}")
+    ch.close_dialogs(page)
+
+
+def test_templates_browser_lists_the_example_workflows(page):
+    ch.close_dialogs(page)
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    dialog = page.locator(".p-dialog", has_text="Templates")
+    dialog.wait_for(timeout=30_000)
+    dialog.get_by_text(ch.PACK_DIR_NAME, exact=True).first.click()
+    for ui in UI_WORKFLOWS:
+        dialog.get_by_text(ui.stem, exact=True).first.wait_for(timeout=30_000)
+    thumbs = page.evaluate(
+        "() => [...document.querySelectorAll('.p-dialog img')].filter(i => i.complete && i.naturalWidth > 0)"
+        ".map(i => i.src)")
+    assert any(src.endswith(f"/{ch.PACK_DIR_NAME}/{UI_WORKFLOWS[0].stem}.jpg") for src in thumbs), thumbs
+    ch.screenshot(page, name="editor_templates")
+    ch.close_dialogs(page)
+    log = ch.page_log(page)
+    assert not log.page_errors, log.page_errors
+
+
+_OPEN_HELP_JS = """(id) => {
+    const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+    const def = pinia._s.get('nodeDef').nodeDefsByName[id];
+    const sidebar = pinia._s.get('sidebarTab');
+    if (sidebar.activeSidebarTabId !== 'node-library') sidebar.toggleSidebarTab('node-library');
+    pinia._s.get('nodeHelp').openHelp(def);  // what the selection toolbox's help button does
+}"""
+
+
+def test_a_nodes_help_page_opens_in_the_editor(page, server):
+    ch.close_dialogs(page)
+    for node in server.pack_nodes():
+        tip = (HELP_PAGES / f"{node}.md").read_text().split("## Tip\n", 1)[1].strip().splitlines()[0]
+        words = " ".join(tip.replace("`", "").split()[:5])
+        page.evaluate(_OPEN_HELP_JS, node)
+        page.wait_for_function("(w) => document.body.innerText.replace(/\\s+/g, ' ').includes(w)", arg=words,
+                               timeout=30_000)
+    ch.screenshot(page, name="editor_help_page")
+    log = ch.page_log(page)
+    assert not log.page_errors, log.page_errors
+    assert not log.blocked_requests, log.blocked_requests

