@@ -125,7 +125,7 @@ def statuses(server, ids) -> dict[str, dict]:
     return out
 
 
-def wait_all(server, ids, timeout=600) -> dict[str, dict]:
+def wait_all(server, ids, timeout=1500) -> dict[str, dict]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         now = statuses(server, ids)
@@ -155,8 +155,8 @@ def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_ki
     started = time.monotonic()
     ids = submit([first, second], 40)
     victim = consumer_of(first)
-    end = time.monotonic() + 300
-    while int(redis_server.client.get(f"{PREFIX}:ended") or 0) < 6 and time.monotonic() < end:
+    end = time.monotonic() + 1200  # only against a hang: CPU runs of the tiny models are slow
+    while int(redis_server.client.get(f"{PREFIX}:ended") or 0) < 2 and time.monotonic() < end:
         time.sleep(0.2)
     a, b = statuses(first, ids), statuses(second, ids)
     ended_both = [pid for pid in ids if a[pid]["status"] == "completed" and b[pid]["status"] == "completed"]

@@ -188,3 +188,16 @@ def test_redis_store_two_servers_share_jobs_and_a_dead_servers_jobs_are_taken_ov
     assert [f["status"] for f in finals] == ["completed"] * 40
     assert set(held) <= set(ids) and len(held) == 2
     assert ended == 40 and pending["pending"] == 0
+
+
+def test_store_settings_are_read_from_the_environment_and_a_bad_redis_url_is_named():
+    config = ApiConfig.from_env({"MODELSWAP_API_REDIS_URL": "redis://10.0.0.5:6379/0", "MODELSWAP_API_CLAIM_S": "30",
+                                 "MODELSWAP_API_WORKER_SLOTS": "3", "MODELSWAP_API_MAX_ATTEMPTS": "2",
+                                 "MODELSWAP_API_FETCH_CONCURRENCY": "4", "MODELSWAP_API_STORE": "/data/p.sqlite3"})
+    assert (config.redis_url, config.claim_s, config.worker_slots) == ("redis://10.0.0.5:6379/0", 30.0, 3)
+    assert (config.max_attempts, config.fetch_concurrency, config.store_path) == (2, 4, "/data/p.sqlite3")
+    assert ApiConfig.from_env({}).redis_url == ""  # SQLite unless Redis is asked for
+    with pytest.raises(ValueError, match="MODELSWAP_API_REDIS_URL.*redis://host"):
+        ApiConfig.from_env({"MODELSWAP_API_REDIS_URL": "10.0.0.5:6379"})
+    with pytest.raises(ValueError, match="MODELSWAP_API_WORKER_SLOTS"):
+        ApiConfig.from_env({"MODELSWAP_API_WORKER_SLOTS": "0"})

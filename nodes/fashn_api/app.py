@@ -97,7 +97,13 @@ class FashnApi:
         if ready is not None:
             await ready()
         await self.cleanup_leftovers()
-        await self.store.start(self.run_job, self.deliver)
+        while True:
+            try:
+                await self.store.start(self.run_job, self.deliver)
+                break
+            except Exception:  # noqa: BLE001 - e.g. Redis not up yet: keep trying, say so
+                log.exception("model-swap API: cannot start the prediction store; retrying in 5 s")
+                await asyncio.sleep(5)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def cleanup_leftovers(self) -> None:
@@ -269,7 +275,10 @@ class FashnApi:
                     continue
                 if state == "processing" and prediction.status != "processing":
                     prediction.status = "processing"
-                    self._spawn(self.store.save(prediction))
+                    try:  # awaited, so it is recorded before the end can be
+                        await self.store.save(prediction)
+                    except Exception:  # noqa: BLE001 - a status step is not worth failing for
+                        log.exception("model-swap API: cannot record prediction %s as processing", prediction.id)
                 elif state == "done":
                     del self._queued[pid]
                     self._spawn(self._collect(prediction, entry or {}))

@@ -76,12 +76,29 @@ class RedisStore:
         return Prediction.from_json(text)
 
     async def save(self, prediction: Prediction) -> None:
-        await self.redis.set(self.key("pred", prediction.id), prediction.to_json(), ex=int(self.keep_running_s))
+        await self._unless_ended(prediction, lambda pipe: pipe.set(
+            self.key("pred", prediction.id), prediction.to_json(), ex=int(self.keep_running_s)))
 
     async def finish(self, prediction: Prediction, keep_s: float) -> bool:
         prediction.expires = self.clock() + keep_s
         if prediction.request.webhook_url:
             prediction.webhook = WEBHOOK_PENDING
+
+        def write(pipe):
+            pipe.set(self.key("pred", prediction.id), prediction.to_json(), ex=max(1, int(keep_s)))
+            pipe.srem(self.key("unfinished"), prediction.id)
+            pipe.incr(self.key("ended"))
+            if prediction.webhook == WEBHOOK_PENDING:
+                pipe.zadd(self.key("webhooks"), {prediction.id: self.clock()})
+
+        if await self._unless_ended(prediction, write):
+            return True
+        log.info("model-swap API: prediction %s was already ended by another worker", prediction.id)
+        return False
+
+    async def _unless_ended(self, prediction: Prediction, write: Callable) -> bool:
+        """Run ``write(pipeline)`` atomically unless the stored prediction has ended (a worker whose
+        claim was taken over must not overwrite the result of the one that took it)."""
         key = self.key("pred", prediction.id)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -90,14 +107,9 @@ class RedisStore:
                     current = await pipe.get(key)
                     if current is not None and Prediction.from_json(current).done:
                         await pipe.unwatch()
-                        log.info("model-swap API: prediction %s was already ended by another worker", prediction.id)
                         return False
                     pipe.multi()
-                    pipe.set(key, prediction.to_json(), ex=max(1, int(keep_s)))
-                    pipe.srem(self.key("unfinished"), prediction.id)
-                    pipe.incr(self.key("ended"))
-                    if prediction.webhook == WEBHOOK_PENDING:
-                        pipe.zadd(self.key("webhooks"), {prediction.id: self.clock()})
+                    write(pipe)
                     await pipe.execute()
                     return True
                 except WatchError:
