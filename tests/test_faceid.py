@@ -449,10 +449,12 @@ def test_plusv2_needs_the_face_crop(plus):
         identity_kwargs(pipe, state, IdentityCondition(embedding=embedding(1)), 1, True)
 
 
-def test_weights_reader_takes_sft_and_refuses_a_bare_tensor(files, tmp_path):
+def test_weights_reader_takes_sft_and_legacy_pickles_and_refuses_a_bare_tensor(files, tmp_path):
     sft = tmp_path / "lora.sft"
     sft.write_bytes(files["faceid_lora"].read_bytes())
     assert set(read_state_dict(sft, "LoRA")) == set(read_state_dict(files["faceid_lora"], "LoRA"))
+    torch.save({"a": torch.ones(2)}, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)  # cannot be mmapped
+    torch.testing.assert_close(read_state_dict(tmp_path / "legacy.bin", "LoRA")["a"], torch.ones(2))
     torch.save(torch.zeros(3), tmp_path / "t.bin")
     with pytest.raises(InputValidationError, match="holds a Tensor, not a dict"):
         read_state_dict(tmp_path / "t.bin", "IP-Adapter file")
