@@ -87,6 +87,21 @@ def test_four_seeds_in_one_batch_equal_four_single_runs(engine):
     assert int(np.abs(batch[0].astype(int) - batch[1]).max()) > 10  # the seeds do differ
 
 
+def test_cached_load_reuses_the_engine_until_the_files_change(paths, tmp_path):
+    import shutil
+
+    folder = tmp_path / "FLUX.2-klein-4B"
+    shutil.copytree(paths["folder"], folder)
+    first = flux2_klein.cached_load(flux2_klein.Files(folder=folder), device="cpu")
+    assert flux2_klein.cached_load(flux2_klein.Files(folder=folder), device="cpu") is first
+    (folder / "model_index.json").write_text((folder / "model_index.json").read_text() + "\n")  # replaced file
+    second = flux2_klein.cached_load(flux2_klein.Files(folder=folder), device="cpu")
+    assert second is not first
+    flux2_klein.clear_cache()
+    assert flux2_klein.cached_load(flux2_klein.Files(folder=folder), device="cpu") is not second
+    flux2_klein.clear_cache()
+
+
 def test_same_seed_is_bit_identical(engine):
     np.testing.assert_array_equal(engine.inpaint(_request(seeds=(5,)))[0], engine.inpaint(_request(seeds=(5,)))[0])
 

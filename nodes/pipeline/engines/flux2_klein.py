@@ -27,6 +27,7 @@ Sampling is diffusers' ``Flux2KleinInpaintPipeline``. What this module adds arou
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,36 @@ def _components(files: Files, dtype) -> dict:
         "is_distilled": bool(index.get("is_distilled", True)),
         "fp8": fp8,
     }
+
+
+_CACHE: dict = {}  # the one loaded klein: a graph re-queued with the same files reuses it
+_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    with _LOCK:
+        had = bool(_CACHE)
+        _CACHE.clear()
+    if had:
+        common.free_accelerator_memory()
+
+
+def cached_load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> "Flux2KleinEngine":
+    """:func:`load`, reusing the engine already loaded from the same, unchanged files and settings.
+    One klein is kept at a time (16 GB of weights); loading another drops the previous one."""
+    check_files(files)
+    dev = common.resolve_device(device)
+    torch_dtype = common.resolve_dtype(dtype, dev, cuda_default="bf16")
+    paths = (files.folder,) if files.folder is not None else (files.transformer, files.text_encoder, files.vae)
+    key = (tuple(common.stamp(p) for p in paths), str(Path(files.configs).resolve()), str(dev), str(torch_dtype),
+           common.check_offload(offload, dev))
+    with _LOCK:
+        if key not in _CACHE:
+            if _CACHE:
+                _CACHE.clear()
+                common.free_accelerator_memory()
+            _CACHE[key] = load(files, device=dev, dtype=torch_dtype, offload=offload)
+        return _CACHE[key]
 
 
 def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> "Flux2KleinEngine":
