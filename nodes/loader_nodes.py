@@ -144,4 +144,81 @@ class InsightFaceLoader(io.ComfyNode):
         return io.NodeOutput(load_face_analyzer(root, pack, dev, det_size))
 
 
-LOADERS = [PipelineLoader, HumanParserLoader, InsightFaceLoader]
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+
+
+class KleinLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        default = MODELS["flux2_klein_transformer"].name
+        transformers = [f for f in glue.list_files("diffusion_models") if f.lower().endswith(SINGLE_FILE_SUFFIXES)]
+        folders = glue.list_subfolders("diffusers", "model_index.json")
+        return io.Schema(
+            node_id=f"{glue.PACK}_KleinLoader",
+            display_name="Model Swap FLUX.2 klein Loader",
+            category=glue.CATEGORY,
+            description="Loads FLUX.2 [klein] 4B (Apache-2.0, 4 steps; the identity comes from the face reference "
+                        "image itself): ComfyUI's single files (transformer, Qwen3-4B, FLUX.2 VAE) or the "
+                        "diffusers folder.",
+            inputs=[
+                io.Combo.Input("model", options=glue.with_default(transformers + folders, default), default=default,
+                               tooltip="The klein transformer from models/diffusion_models (bf16, or the FP8 file: "
+                                       "it stays FP8 in memory), or a diffusers folder from models/diffusers "
+                                       "(FLUX.2-klein-4B; then text_encoder and vae are not used)."),
+                io.Combo.Input("text_encoder", options=glue.with_default(
+                    glue.list_files("text_encoders"), MODELS["flux2_klein_text_encoder"].name),
+                    default=MODELS["flux2_klein_text_encoder"].name,
+                    tooltip="Qwen3-4B (bf16) from models/text_encoders; kept on the CPU between prompts."),
+                io.Combo.Input("vae", options=glue.with_default(glue.list_files("vae"), MODELS["flux2_vae"].name),
+                               default=MODELS["flux2_vae"].name, tooltip="The FLUX.2 VAE from models/vae."),
+                io.Combo.Input("device", options=DEVICES, default="auto",
+                               tooltip="Where to sample: 'auto' follows ComfyUI's device choice."),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                               tooltip="Compute precision: auto = bf16 on CUDA, fp32 on CPU."),
+                io.Combo.Input("offload", options=["none", "model"], default="none",
+                               tooltip="'model' keeps only the running component on the GPU (about 13 GB in bf16, "
+                                       "less with the FP8 transformer; slower)."),
+            ],
+            outputs=[GeneratorType.Output("generator", tooltip="The loaded generation pipeline.")],
+        )
+
+    @classmethod
+    def execute(cls, model, text_encoder, vae, device, dtype, offload):
+        glue.require_module("diffusers", "Model Swap FLUX.2 klein Loader", "diffusers>=0.38")
+        from .pipeline.engines import flux2_klein
+
+        if model.lower().endswith(SINGLE_FILE_SUFFIXES):
+            files = flux2_klein.Files(transformer=Path(glue.model_path("diffusion_models", model)),
+                                      text_encoder=Path(glue.model_path("text_encoders", text_encoder)),
+                                      vae=Path(glue.model_path("vae", vae)))
+        else:
+            files = flux2_klein.Files(folder=Path(glue.model_path("diffusers", model)))
+        engine = flux2_klein.cached_load(files, device=glue.torch_device(device),
+                                         dtype=None if dtype == "auto" else dtype, offload=offload)
+        return io.NodeOutput(engine)
+
+
+class OpenCVFaceLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{glue.PACK}_OpenCVFaceLoader",
+            display_name="Model Swap OpenCV Face Loader (YuNet + SFace)",
+            category=glue.CATEGORY,
+            description="Licence-clean face analysis: OpenCV's YuNet detector (MIT) and SFace recogniser "
+                        "(Apache-2.0) from models/facedetection. No age/sex model: set 'person' on the sampler.",
+            inputs=[
+                io.Int.Input("det_size", default=640, min=128, max=2048, step=32,
+                             tooltip="Images are detected with their long side scaled down to this size."),
+            ],
+            outputs=[FaceAnalyzerType.Output("face_analyzer", tooltip="The loaded face analyzer.")],
+        )
+
+    @classmethod
+    def execute(cls, det_size):
+        from .pipeline.face_opencv import OpenCVFaceAnalyzer
+
+        return io.NodeOutput(OpenCVFaceAnalyzer.load(Path(glue.model_path("facedetection", "")), det_size=det_size))
+
+
+LOADERS = [PipelineLoader, HumanParserLoader, InsightFaceLoader, KleinLoader, OpenCVFaceLoader]
