@@ -1,18 +1,13 @@
 """IP-Adapter FaceID / FaceID PlusV2 (SDXL) as a pipeline of its own, beside the base one.
 
 :func:`attach` builds a new inpainting pipeline over the base's text encoders and VAE with a
-UNet module tree of its own whose parameters ARE the base UNet's (no copy). diffusers loads the
-adapter into that tree (``load_ip_adapter``, which loads the LoRA inside a FaceID file as the
-peft adapter ``faceid_0``; a separate LoRA goes through ``load_lora_weights`` under that name;
-``set_adapters`` sets its weight), so processors, projection and LoRA layers belong to the
-attached pipeline alone: the base and every other attached pipeline never change.
-
-Files (https://huggingface.co/h94/IP-Adapter-FaceID): ``ip-adapter-faceid[-plusv2]_sdxl.bin``
-holds ``{"image_proj": {...}, "ip_adapter": {...}}`` (``.safetensors``: the same keys flattened);
-``ip_adapter`` has ``{idx}.to_k_ip/to_v_ip.weight`` per cross-attention processor and the LoRA
-as ``{idx}.to_{q,k,v,out}_lora.{down,up}.weight``, ``idx`` = position in ``unet.attn_processors``.
-Each file is checked against the UNet first: a wrong one gets a message naming it, the fault
-and what to download.
+UNet module tree of its own whose parameters ARE the base UNet's (no copy), and loads the adapter
+into it the diffusers way: ``load_ip_adapter`` (which loads a FaceID file's own LoRA as the peft
+adapter ``faceid_0``), ``load_lora_weights`` for a separate LoRA, ``set_adapters`` for its weight.
+Processors, projection and LoRA layers so belong to the attached pipeline alone: the base and
+every other attached pipeline never change. Files (h94/IP-Adapter-FaceID) are checked against the
+UNet first, in diffusers' processor order: a wrong one gets a message naming it, the fault and
+what to download.
 """
 
 from __future__ import annotations
@@ -56,13 +51,14 @@ class FaceIDState:
 
 
 def _error(message: str) -> InputValidationError:
-    return InputValidationError(
-        f"{message} Use {MODELS[FACEID].name} or {MODELS[FACEID_PLUSV2].name} from {MODELS[FACEID].source}."
-    )
+    hint = f"Use {MODELS[FACEID].name} or {MODELS[FACEID_PLUSV2].name} from {MODELS[FACEID].source}."
+    return InputValidationError(f"{message} {hint}")
 
 
 def read_adapter(path: Path) -> dict:
-    """``{"image_proj": {...}, "ip_adapter": {...}}`` from a nested .bin or a flat .safetensors."""
+    """``{"image_proj": {...}, "ip_adapter": {...}}`` from a nested .bin or a flat .safetensors (the same
+    keys as ``image_proj.*`` / ``ip_adapter.*``). ``ip_adapter`` holds ``{idx}.to_k_ip/to_v_ip.weight`` per
+    cross-attention processor and the LoRA as ``{idx}.to_{q,k,v,out}_lora.{down,up}.weight``."""
     raw, groups = read_state_dict(path, "IP-Adapter file"), ("image_proj", "ip_adapter")
     nested = any(g in raw for g in groups)
     sd = {g: raw.get(g) if nested else {str(k)[len(g) + 1:]: v for k, v in raw.items() if str(k).startswith(g + ".")}
@@ -82,12 +78,12 @@ def check_adapter(sd: dict, unet, name: str) -> tuple[str, int | None]:
                          ("proj.3.weight", "an IP-Adapter Full Face model")):
         if marker in proj and "perceiver_resampler.proj_in.weight" not in proj:
             raise _error(f"{name} is {what}, not IP-Adapter FaceID.")
-    if "proj.0.weight" not in proj or "proj.2.weight" not in proj:
-        raise _error(f"{name} is not an IP-Adapter FaceID model (unknown image_proj layout).")
-    needed = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
-    if any(k not in proj for k in needed):
-        raise _error(f"{name} lacks image_proj {', '.join(k for k in needed if k not in proj)}: it is truncated "
-                     "or not a FaceID model; re-download it.")
+    absent = [k for k in ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight",
+                          "norm.bias") if k not in proj]
+    if absent:
+        raise _error(f"{name} is not an IP-Adapter FaceID model (unknown image_proj layout)." if "proj.0.weight"
+                     in absent else f"{name} lacks image_proj {', '.join(absent)}: it is truncated or not a FaceID "
+                     "model; re-download it.")
     if proj["proj.0.weight"].shape[1] != ID_DIM:
         raise _error(f"{name} expects {proj['proj.0.weight'].shape[1]}-dim face embeddings, not insightface's "
                      f"{ID_DIM}: it is not IP-Adapter FaceID.")
