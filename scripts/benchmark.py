@@ -1,24 +1,52 @@
-"""Benchmark the model-swap pipeline: per-stage time and peak memory for a 1 MP input.
+"""Benchmark the model swap against its peers on the same work, in one process and one run.
 
-    python scripts/benchmark.py                 # CPU: tiny SDXL-architecture diffusion models,
-                                                #      full-size SegFormer-B4 parser (random weights)
-    python scripts/benchmark.py --device cuda   # GPU: full-size SDXL architecture (random weights, fp16)
+    python scripts/benchmark.py                       # CPU: every group, full-size SegFormer-B4 parser
+    python scripts/benchmark.py --only parse,nongen   # some groups
+    python scripts/benchmark.py --json speed.json     # also write the table as JSON
+    python scripts/benchmark.py --device cuda         # the swap on the full-size SDXL architecture (fp16)
 
-Random weights give real timings (the arithmetic is the same as with trained
-weights) but meaningless pictures. Models are built in a temporary folder with
-the published layouts and loaded through the pack's real loaders. The first
-run is a warm-up; the table reports the mean of the timed runs.
+Groups (each adds rows to one markdown table):
+
+* ``parse``: the pack's human parse vs ``fashn-human-parser``'s ``predict`` (FASHN's own package) on
+  the same random-weight SegFormer-B4 folder and the same photo; label agreement printed.
+* ``nongen``: every non-generative stage of a swap (parse, face analysis, masks, composite, face
+  crops) vs the parser's forward pass alone. The whole swap runs with an engine that returns its
+  input, so its time is everything but sampling.
+* ``swap``: the whole swap with the SDXL engine, per stage (tiny SDXL architecture on CPU).
+
+Random weights give real timings (the arithmetic is the same as with trained weights) but
+meaningless pictures. Models are built in a temporary folder with the published layouts and
+loaded through the pack's real loaders. The face analyser is the tests' tiny synthetic
+insightface pack, so face-analysis times are not those of antelopev2.
+
+Repetitions are interleaved (A B C, B C A, C A B, ...) after one warm-up round, so load changes
+on a shared machine hit every row of a group alike. Each row gives the median and the spread
+(min-max) of its repetitions and, against its baseline row, the median of the per-repetition
+ratios. Targets are design goals printed in the table; nothing here asserts them.
+
+Adding rows: write ``def my_group(ctx: Context) -> list[Case]`` and register it in ``GROUPS``
+(its name becomes an ``--only`` choice). A :class:`Case` is a name, a ``run`` callable (one
+repetition), optionally the name of its ``baseline`` case in the same group, a ``target`` ratio,
+and a ``summary`` callable that turns the last outputs into a note and JSON fields once timing is
+done. :class:`Context` builds and caches models and the photo; command-line options live in
+``ctx.args``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
+import platform
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -31,19 +59,288 @@ def _import_pack():
     _pack.import_pack()
 
 
+# ----------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Case:
+    """One row: something timed, optionally compared with another row of its group."""
+
+    group: str
+    name: str
+    run: Callable[[], Any]
+    baseline: str | None = None  # name of the case in the same group this one is compared with
+    target: float | None = None  # design goal for the ratio to the baseline (<=); printed, never asserted
+    summary: Callable[[Any], tuple[str, dict]] | None = None  # last output -> (note, extra JSON fields)
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+    last: Any = None
+
+
+@dataclass
+class Row:
+    """One measured row, as printed and as written to JSON."""
+
+    group: str
+    case: str
+    median_s: float
+    min_s: float
+    max_s: float
+    runs: int
+    baseline: str | None
+    ratio: float | None  # median of the per-repetition ratios to the baseline
+    target: float | None
+    met: bool | None
+    note: str
+    samples_s: list[float]
+    extra: dict
+
+
+def measure(cases: list[Case], runs: int, warmup: int = 1, progress: bool = False) -> None:
+    """Run every case ``warmup + runs`` times, interleaved and rotated each round."""
+    n = len(cases)
+    for rep in range(warmup + runs):
+        if progress and cases:
+            print(f"[{cases[0].group}] round {rep + 1}/{warmup + runs}", file=sys.stderr, flush=True)
+        shift = rep % n
+        for case in cases[shift:] + cases[:shift]:
+            start = time.perf_counter()
+            case.last = case.run()
+            elapsed = time.perf_counter() - start
+            if rep >= warmup:
+                case.samples.append(elapsed)
+
+
+def rows_of(cases: list[Case]) -> list[Row]:
+    by_name = {c.name: c for c in cases}
+    rows = []
+    for c in cases:
+        ratio = met = None
+        if c.baseline is not None:
+            base = by_name[c.baseline].samples
+            ratio = statistics.median(a / b for a, b in zip(c.samples, base))
+            met = None if c.target is None else ratio <= c.target
+        note, extra = c.note, {}
+        if c.summary is not None:
+            more, extra = c.summary(c.last)
+            note = "; ".join(s for s in (note, more) if s)
+        rows.append(Row(group=c.group, case=c.name, median_s=statistics.median(c.samples), min_s=min(c.samples),
+                        max_s=max(c.samples), runs=len(c.samples), baseline=c.baseline, ratio=ratio, target=c.target,
+                        met=met, note=note, samples_s=list(c.samples), extra=extra))
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| group | case | median s | spread s (min-max) | ratio | target | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}x {r.baseline}"
+        target = "" if r.target is None else f"<= {r.target:.2f}x {'(met)' if r.met else '(NOT met)'}"
+        lines.append(f"| {r.group} | {r.case} | {r.median_s:.3f} | {r.min_s:.3f}-{r.max_s:.3f} | {ratio} | {target} "
+                     f"| {r.note} |")
+    return "\n".join(lines)
+
+
+def logged(run: Callable[[], Any], log: list) -> Callable[[], Any]:
+    """``run``, recording each result's ``timings`` (per-stage seconds) in ``log``."""
+
+    def wrapped():
+        result = run()
+        log.append(dict(result.timings))
+        return result
+
+    return wrapped
+
+
+def stage_medians(log: list[dict], runs: int) -> dict[str, float]:
+    """Median seconds per stage over the last ``runs`` entries of ``log`` (the warm-up left out)."""
+    timed = log[-runs:] if runs else log
+    names = list(dict.fromkeys(k for t in timed for k in t))
+    return {k: statistics.median(t.get(k, 0.0) for t in timed) for k in names}
+
+
+# ----------------------------------------------------------------------------- shared set-up
+
+
+def photo(width: int, height: int):
+    """A real portrait (scikit-image's astronaut) resized to ``width`` x ``height`` (uint8 RGB)."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    return np.ascontiguousarray(cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_LANCZOS4))
+
+
+def photo_face(width: int, height: int):
+    """Where the tiny face detector reports the astronaut's face in :func:`photo`'s picture."""
+    import tiny_insightface
+
+    sx, sy = width / 512.0, height / 512.0
+    x1, y1, x2, y2 = 178, 70, 268, 165
+    kps = [(204, 101), (245, 104), (221, 125), (205, 143), (245, 143)]
+    return tiny_insightface.place_face((x1 * sx, y1 * sy, x2 * sx, y2 * sy), (width, height),
+                                       kps_px=[(x * sx, y * sy) for x, y in kps])
+
+
+class Context:
+    """What the groups share: options, a temporary models folder, the photo and loaded models."""
+
+    def __init__(self, args, root: Path):
+        self.args = args
+        self.root = root
+        self.device = args.device
+        self.width, self.height = args.photo
+        self.image = photo(self.width, self.height)
+        self.meta: dict = {}
+        self._cache: dict = {}
+
+    def once(self, key: str, build: Callable[[], Any]):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def parser_folder(self) -> Path:
+        def build():
+            if self.args.parser_folder:
+                self.meta["parser"] = f"the parser in {self.args.parser_folder}"
+                return Path(self.args.parser_folder)
+            import tiny_parser
+
+            full = self.args.parser == "full"
+            self.meta["parser"] = ("SegFormer-B4 (FASHN's parser's shape), random weights" if full
+                                   else "tiny SegFormer, random weights")
+            return tiny_parser.build_human_parser(
+                self.root / "human_parsing" / "fashn-human-parser",
+                config=tiny_parser.build_full_size_parser_config() if full else None)
+
+        return self.once("parser_folder", build)
+
+    def parser(self):
+        from comfyui_model_swap.nodes.pipeline.parsing import HumanParser
+
+        return self.once("parser", lambda: HumanParser.load(self.parser_folder(), device=self.device))
+
+    def analyzer(self):
+        def build():
+            import tiny_insightface
+            from comfyui_model_swap.nodes.pipeline.identity import FaceAnalyzer
+
+            folder = tiny_insightface.build_insightface_pack(self.root, "antelopev2",
+                                                             faces=(photo_face(self.width, self.height),))
+            return FaceAnalyzer.load(folder.parents[1], name="antelopev2", device=self.device)
+
+        return self.once("analyzer", build)
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def parse_group(ctx: Context) -> list[Case]:
+    """The pack's parse vs FASHN's own parser package on the same folder and photo."""
+    from fashn_human_parser import FashnHumanParser
+
+    folder = ctx.parser_folder()
+    fashn = FashnHumanParser(str(folder), device=ctx.device)
+    ours = ctx.parser()
+    image = ctx.image
+    fashn_name = "fashn-human-parser predict"
+    fashn_case = Case("parse", fashn_name, lambda: fashn.predict(image))
+
+    def agreement(labels):
+        import numpy as np
+
+        reference = np.asarray(fashn_case.last)
+        same = float((labels == reference).mean())
+        differing = int((labels != reference).sum())
+        return (f"label agreement {100 * same:.4f}% ({differing} of {labels.size} px differ)",
+                {"agreement": same, "differing_pixels": differing, "agreement_target": 0.999})
+
+    return [fashn_case, Case("parse", "pack parse", lambda: ours.parse(image), baseline=fashn_name, target=0.8,
+                             summary=agreement)]
+
+
+class NullEngine:
+    """An engine that returns its input: a swap through it costs everything but sampling."""
+
+    def __init__(self, device="cpu"):
+        import torch
+
+        from comfyui_model_swap.nodes.pipeline import engines
+
+        self.capabilities = dataclasses.replace(engines.capabilities(engines.DEFAULT_ENGINE), name="null",
+                                                embedding_identity=False, reference_image=False, controlnet=False)
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.source = "benchmark null engine"
+
+    def inpaint(self, request, on_step=None):
+        return [request.image.copy() for _ in request.seeds]
+
+
+def nongen_group(ctx: Context) -> list[Case]:
+    """Every stage of a swap that is not sampling, against the parser's forward pass."""
+    import numpy as np
+    import torch
+
+    from comfyui_model_swap.nodes.pipeline import compositing, masks
+    from comfyui_model_swap.nodes.pipeline.parsing import preprocess
+    from comfyui_model_swap.nodes.pipeline.pipeline import ModelSwapPipeline, SwapOptions
+
+    from transformers import SegformerForSemanticSegmentation
+
+    parser, analyzer, image = ctx.parser(), ctx.analyzer(), ctx.image
+    x = torch.from_numpy(preprocess(image))[None].to(parser.device, parser.dtype)
+    # The model as published (the pack's parser rewrites its own copy), as FASHN's package runs it.
+    published = SegformerForSemanticSegmentation.from_pretrained(
+        str(ctx.parser_folder()), local_files_only=True, dtype=parser.dtype).to(parser.device).eval()
+
+    def forward():
+        with torch.inference_mode():
+            out = published(pixel_values=x).logits
+        if parser.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    labels = parser.parse(image)
+    swap = masks.build_swap_mask(labels, grow=4, feather=8)
+    generated = np.ascontiguousarray(image[:, ::-1])  # any other picture of the same size
+    pipe = ModelSwapPipeline(NullEngine(ctx.device), parser=parser, analyzer=analyzer)
+    options = SwapOptions(steps=1)
+
+    log: list = []
+
+    def stages(result):
+        medians = stage_medians(log, ctx.args.runs)
+        found = "face found" if result.face_found else "NO face found"
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in medians.items())
+        return f"{found}; stage medians s: {parts}", {"stages_s": medians, "face_found": result.face_found}
+
+    base = "parser forward (SegFormer as published)"
+    return [
+        Case("nongen", base, forward),
+        Case("nongen", "pack parse", lambda: parser.parse(image), baseline=base),
+        Case("nongen", "face analysis", lambda: analyzer.analyze(image), baseline=base,
+             note="tiny synthetic insightface models"),
+        Case("nongen", "masks (grow 4, feather 8)", lambda: masks.build_swap_mask(labels, grow=4, feather=8),
+             baseline=base),
+        Case("nongen", "composite", lambda: compositing.composite(image, generated, swap.alpha), baseline=base),
+        Case("nongen", "all non-generative stages (swap with a null engine)",
+             logged(lambda: pipe.run(image, options), log), baseline=base, target=1.5, summary=stages),
+    ]
+
+
 def _full_size_sdxl_folder(folder: Path, dtype) -> Path:
     """Full-size SDXL inpainting architecture from the shipped configs, random weights."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    import tiny_sdxl
-    from comfyui_model_swap.nodes.pipeline import sdxl_loader
+    from comfyui_model_swap.nodes.pipeline.engines import sdxl
 
-    cfg = sdxl_loader.prepare_config_dir(9)
+    cfg = sdxl.CONFIG_DIR
     torch.manual_seed(0)
     with torch.device("cuda"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet")).to(dtype)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"), in_channels=9).to(dtype)
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
         te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")).to(dtype)
         te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2")).to(dtype)
@@ -52,10 +349,8 @@ def _full_size_sdxl_folder(folder: Path, dtype) -> Path:
             for p in m.parameters():
                 p.mul_(0.1)  # keep random activations finite in fp16
     sched = EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(cfg / "scheduler"))
-    tiny_sdxl.write_tokenizer(folder / "tok")
-    tok = CLIPTokenizer.from_pretrained(folder / "tok", local_files_only=True)
-    tiny_sdxl.write_tokenizer(folder / "tok2", pad_token="!")
-    tok2 = CLIPTokenizer.from_pretrained(folder / "tok2", local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(cfg / "tokenizer", local_files_only=True)
+    tok2 = CLIPTokenizer.from_pretrained(cfg / "tokenizer_2", local_files_only=True)
     pipe = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
                                             tokenizer_2=tok2, unet=unet, scheduler=sched)
     out = folder / "diffusers" / "stable-diffusion-xl-1.0-inpainting-0.1"
@@ -65,94 +360,164 @@ def _full_size_sdxl_folder(folder: Path, dtype) -> Path:
     return out
 
 
-def build_models(root: Path, device: str):
+def swap_group(ctx: Context) -> list[Case]:
+    """The whole swap with the SDXL engine; per-stage times of the last run in the note and JSON."""
     import torch
 
-    import tiny_insightface
-    import tiny_parser
     import tiny_sdxl
-
-    tiny_parser.build_human_parser(root / "human_parsing" / "fashn-human-parser",
-                                   config=tiny_parser.build_full_size_parser_config())
-    tiny_insightface.build_insightface_pack(root, "antelopev2", faces=(tiny_insightface.place_face(
-        (440, 180, 600, 380), image_size=(1024, 1024)),))
-    if device == "cuda":
-        _full_size_sdxl_folder(root, torch.float16)
-    else:
-        tiny_sdxl.build_sdxl_inpaint_folder(root / "diffusers" / "stable-diffusion-xl-1.0-inpainting-0.1")
-
-
-def test_image(size: int = 1024):
-    import numpy as np
-    from skimage import data
-
-    import cv2
-
-    img = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_LANCZOS4)
-    return np.ascontiguousarray(img)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: 2 on CPU, 30 on CUDA)")
-    ap.add_argument("--num-images", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=2, help="timed runs after one warm-up")
-    ap.add_argument("--size", type=int, default=1024, help="square input side (1024 = 1.05 MP)")
-    ap.add_argument("--refine-size", type=int, default=None, help="FaceRefine working size (default 1024 CUDA, 256 CPU)")
-    args = ap.parse_args(argv)
-
-    import torch
-
-    torch.set_flush_denormal(True)
-    _import_pack()
     from comfyui_model_swap.nodes.pipeline.face_refine import RefineSettings
     from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline
     from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available on this machine; run without --device cuda.", file=sys.stderr)
-        return 2
-    steps = args.steps or (30 if args.device == "cuda" else 2)
-    refine_size = args.refine_size or (1024 if args.device == "cuda" else 256)
+    args = ctx.args
+    ctx.parser_folder()
+    ctx.analyzer()  # the insightface pack under ctx.root
+    start = time.perf_counter()
+    if ctx.device == "cuda":
+        _full_size_sdxl_folder(ctx.root, torch.float16)
+    else:
+        tiny_sdxl.build_sdxl_inpaint_folder(ctx.root / "diffusers" / "stable-diffusion-xl-1.0-inpainting-0.1")
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    pipe = load_pipeline([ctx.root], ModelChoice(), device=ctx.device)
+    loaded = time.perf_counter() - start
+    steps = args.steps or (30 if ctx.device == "cuda" else 2)
+    refine_size = args.refine_size or (1024 if ctx.device == "cuda" else 256)
+    options = SwapOptions(num_images=args.num_images, steps=steps,
+                          refine=RefineSettings(work_size=refine_size, steps=max(1, steps // 2)))
+    model = "full-size SDXL architecture, fp16" if ctx.device == "cuda" else "tiny SDXL architecture"
+    ctx.meta["swap"] = (f"{model}, random weights; built in {built:.1f} s, loaded in {loaded:.1f} s; "
+                        f"num_images={args.num_images}, steps={steps}, refine {refine_size}px")
+    if ctx.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    log: list = []
+
+    def stages(result):
+        medians = stage_medians(log, args.swap_runs)
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in medians.items())
+        extra = {"stages_s": medians, "face_found": result.face_found,
+                 "processing_size": list(result.processing_size)}
+        if ctx.device == "cuda":
+            extra["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        return f"{model}, {args.num_images} image(s), {steps} steps; stage medians s: {parts}", extra
+
+    return [Case("swap", "whole swap (sdxl)", logged(lambda: pipe.run(ctx.image, options), log), summary=stages)]
+
+
+# name -> (group builder, repetitions option). Engine comparisons (whole swap vs the bare diffusers
+# call, 1 vs 4 images, generation modes, engines) register here the same way.
+GROUPS: dict[str, tuple[Callable[[Context], list[Case]], str]] = {
+    "parse": (parse_group, "runs"),
+    "nongen": (nongen_group, "runs"),
+    "swap": (swap_group, "swap_runs"),
+}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 864x1216") from None
+    if w < 64 or h < 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 64 px")
+    return w, h
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help=f"comma-separated groups to run (default: all of {', '.join(GROUPS)})")
+    ap.add_argument("--runs", type=int, default=5, help="timed repetitions per row after one warm-up round")
+    ap.add_argument("--swap-runs", type=int, default=2, help="timed repetitions of the whole SDXL swap")
+    ap.add_argument("--photo", type=_size, default=(864, 1216), help="photo WIDTHxHEIGHT (default 864x1216, 1.05 MP)")
+    ap.add_argument("--size", type=int, default=None, help="square photo side instead of --photo (1024 = 1.05 MP)")
+    ap.add_argument("--parser", default="full", choices=("full", "tiny"),
+                    help="random-weight SegFormer to build: B4 as FASHN's (default) or a tiny one")
+    ap.add_argument("--parser-folder", default=None, help="use this parser folder instead of building one")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--steps", type=int, default=None, help="swap sampling steps (default: 2 on CPU, 30 on CUDA)")
+    ap.add_argument("--num-images", type=int, default=1)
+    ap.add_argument("--refine-size", type=int, default=None,
+                    help="FaceRefine working size for the swap (default 1024 CUDA, 256 CPU)")
+    ap.add_argument("--json", default=None, help="also write the table and its samples to this JSON file")
+    args = ap.parse_args(argv)
+    if args.size is not None:
+        args.photo = (args.size, args.size)
+    args.only = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = [g for g in args.only if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    return args
+
+
+def machine(device: str) -> dict:
+    import torch
+
+    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run(args) -> dict:
+    """Build, time and tabulate the chosen groups; returns the JSON document."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    torch.set_flush_denormal(True)  # random weights produce denormals, up to 4x slower without this
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _import_pack()
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        t0 = time.perf_counter()
-        build_models(root, args.device)
-        built = time.perf_counter() - t0
-        tok = root / "tok" if args.device == "cuda" else None
-        t0 = time.perf_counter()
-        pipe = load_pipeline([root], ModelChoice(), device=args.device, tokenizer_dir=tok)
-        load_s = time.perf_counter() - t0
-        image = test_image(args.size)
-        options = SwapOptions(num_images=args.num_images, steps=steps,
-                              refine=RefineSettings(work_size=refine_size, steps=max(1, steps // 2)))
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        runs = []
-        for i in range(args.runs + 1):
-            t0 = time.perf_counter()
-            result = pipe.run(image, options)
-            total = time.perf_counter() - t0
-            if i:
-                runs.append((result.timings, total))
-    stages = list(runs[0][0])
-    print(f"\nModel swap benchmark: device={args.device}, input {args.size}x{args.size} "
-          f"({args.size * args.size / 1e6:.2f} MP), processing {result.processing_size[1]}x{result.processing_size[0]}, "
-          f"num_images={args.num_images}, steps={steps}, refine {refine_size}px, face found: {result.face_found}")
-    print(f"models: {'full-size SDXL architecture, fp16' if args.device == 'cuda' else 'tiny SDXL architecture'}"
-          f" + SegFormer-B4 parser, random weights; built in {built:.1f} s, loaded in {load_s:.1f} s")
-    print(f"\n| stage | mean s ({args.runs} runs) |\n|---|---|")
-    for s in stages:
-        print(f"| {s} | {statistics.mean(r[0].get(s, 0.0) for r in runs):.3f} |")
-    mean_total = statistics.mean(t for _, t in runs)
-    print(f"| **total** | **{mean_total:.3f}** |")
-    print(f"| per image | {mean_total / args.num_images:.3f} |")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak process RSS: {rss:.0f} MiB")
+        ctx = Context(args, Path(tmp))
+        for name in args.only:
+            build, runs_option = GROUPS[name]
+            cases = build(ctx)
+            measure(cases, getattr(args, runs_option), progress=True)
+            rows.extend(rows_of(cases))
+    meta = {"device": args.device, "photo": f"{ctx.width}x{ctx.height}",
+            "megapixels": round(ctx.width * ctx.height / 1e6, 3), "runs": args.runs, "groups": args.only,
+            "machine": machine(args.device), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **ctx.meta}
+    return {"meta": meta, "table_markdown": markdown(rows), "rows": [dataclasses.asdict(r) for r in rows]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.device == "cuda":
-        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB "
-              f"on {torch.cuda.get_device_name()}")
+        import torch
+
+        if not torch.cuda.is_available():
+            print("CUDA is not available on this machine; run without --device cuda.", file=sys.stderr)
+            return 2
+    doc = run(args)
+    meta = doc["meta"]
+    m = meta["machine"]
+    print(f"\nModel swap benchmark: device={meta['device']}, photo {meta['photo']} ({meta['megapixels']} MP), "
+          f"{m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}"
+          + (f", {m['gpu']}" if "gpu" in m else "")
+          + (f", load average {m['load_average'][0]:.1f} at the end" if "load_average" in m else ""))
+    for key in ("parser", "swap"):
+        if key in meta:
+            print(f"{key}: {meta[key]}")
+    print()
+    print(doc["table_markdown"])
+    print(f"\npeak process RSS: {meta['peak_rss_mib']:.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        print(f"wrote {args.json}")
     return 0
 
 

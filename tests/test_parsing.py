@@ -240,15 +240,21 @@ def _randomise_head_statistics(model, seed=0):
         head.classifier.bias.copy_(torch.randn(head.classifier.bias.shape, generator=g) * 0.1)
 
 
-def test_folded_decode_head_gives_the_published_heads_logits(parser_dir):
+def test_folded_head_and_copy_free_encoder_give_the_published_models_logits(parser_dir):
     from transformers import SegformerForSemanticSegmentation
 
-    model = SegformerForSemanticSegmentation.from_pretrained(str(parser_dir), local_files_only=True)
-    _randomise_head_statistics(model)
-    parser = parsing.HumanParser(model)
+    def load():
+        model = SegformerForSemanticSegmentation.from_pretrained(str(parser_dir), local_files_only=True).eval()
+        _randomise_head_statistics(model)
+        return model
+
+    published = load()
+    parser = parsing.HumanParser(load())
+    changed = [m for m in parser.model.modules() if "forward" in vars(m)]
+    assert len(changed) == 2 * 4 - 1  # each block's depthwise conv, and its sequence reduction where sr > 1
     x = torch.from_numpy(parsing.preprocess(_random_image(400, 300, seed=8)))[None]
     with torch.inference_mode():
-        expected = model(pixel_values=x).logits
+        expected = published(pixel_values=x).logits
         folded = parser.logits(x)
     assert folded.shape == expected.shape == (1, 18, 144, 96)
     scale = expected.abs().max().item()

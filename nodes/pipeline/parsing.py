@@ -179,32 +179,77 @@ class _FoldedDecodeHead:
         scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
         shift = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
         bias = torch.zeros(d, dtype=torch.float64, device=fuse.device)
-        self.weights = []
+        self.weights_t = []
         dtype = head.classifier.weight.dtype
         for i, mlp in enumerate(head.linear_projections):
             block = fuse[:, (n - 1 - i) * d : (n - i) * d]
             proj_w = mlp.proj.weight.detach().double()
-            self.weights.append((scale[:, None] * (block @ proj_w)).to(dtype))
+            self.weights_t.append((scale[:, None] * (block @ proj_w)).t().contiguous().to(dtype))  # (C_i, d)
             bias += block @ mlp.proj.bias.detach().double()
-        self.bias = (scale * bias + shift).to(dtype)[:, None]  # (d, 1)
-        self.classifier_w = head.classifier.weight.detach()[:, :, 0, 0]  # (classes, d)
-        self.classifier_b = head.classifier.bias.detach()[:, None]
+        self.bias = (scale * bias + shift).to(dtype)  # (d,)
+        self.classifier_t = head.classifier.weight.detach()[:, :, 0, 0].t().contiguous()  # (d, classes)
+        self.classifier_b = head.classifier.bias.detach()
 
     def __call__(self, features):
+        """(B, classes, H/4, W/4) logits, laid out channels-last, from the four stage outputs (NCHW)."""
         import torch
         import torch.nn.functional as F
 
         first = features[0]
         b, _, h, w = first.shape
-        fused = torch.matmul(self.weights[0], first.reshape(b, first.shape[1], h * w)).add_(self.bias)
-        fused = fused.view(b, -1, h, w)
-        for weight, feat in zip(self.weights[1:], features[1:]):
+        # Tokens x channels throughout: upsampling then runs vectorised over the d channels.
+        fused = torch.matmul(first.reshape(b, first.shape[1], h * w).transpose(1, 2), self.weights_t[0])
+        fused += self.bias
+        for weight_t, feat in zip(self.weights_t[1:], features[1:]):
             fh, fw = feat.shape[2:]
-            z = torch.matmul(weight, feat.reshape(b, feat.shape[1], fh * fw)).view(b, -1, fh, fw)
-            fused += F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
-        fused = torch.relu_(fused).view(b, -1, h * w)
-        logits = torch.matmul(self.classifier_w, fused).add_(self.classifier_b)
-        return logits.view(b, -1, h, w)
+            z = torch.matmul(feat.reshape(b, feat.shape[1], fh * fw).transpose(1, 2), weight_t)
+            z = z.view(b, fh, fw, -1).permute(0, 3, 1, 2)  # channels-last (B, d, fh, fw)
+            up = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+            fused += up.permute(0, 2, 3, 1).reshape(b, h * w, -1)
+        logits = torch.matmul(torch.relu_(fused), self.classifier_t) + self.classifier_b
+        return logits.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _depthwise_conv_forward(self, hidden_states, height, width):
+    """SegformerDepthWiseConv.forward without layout copies: tokens (B, N, C) are viewed as a
+    channels-last image, convolved channels-last and viewed back, so the next linear layer gets
+    a contiguous input (the published forward hands it a transposed one, which costs a copy
+    and an unfused bias add in every block)."""
+    batch, tokens, channels = hidden_states.shape
+    image = hidden_states.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return self.dwconv(image).permute(0, 2, 3, 1).reshape(batch, tokens, channels)
+
+
+def _sequence_reduction_forward(self, hidden_states, height, width):
+    """SegformerSequenceReduction.forward without layout copies (see :func:`_depthwise_conv_forward`)."""
+    batch, _, channels = hidden_states.shape
+    image = hidden_states.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    reduced = self.sequence_reduction(image).permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    return self.layer_norm(reduced)
+
+
+def _use_channels_last_token_convs(model) -> int:
+    """Give the encoder's per-block convolutions (Mix-FFN depthwise, attention sequence reduction)
+    channels-last weights and copy-free forwards, on this model instance only. The arithmetic is
+    the published one. Returns how many modules were changed (0 if transformers renamed them)."""
+    import types
+
+    import torch
+
+    changed = 0
+    for module in model.segformer.modules():
+        kind = type(module).__name__
+        if kind == "SegformerDepthWiseConv" and isinstance(getattr(module, "dwconv", None), torch.nn.Conv2d):
+            module.dwconv.to(memory_format=torch.channels_last)
+            module.forward = types.MethodType(_depthwise_conv_forward, module)
+            changed += 1
+        elif kind == "SegformerSequenceReduction" and isinstance(
+            getattr(module, "sequence_reduction", None), torch.nn.Conv2d
+        ):
+            module.sequence_reduction.to(memory_format=torch.channels_last)
+            module.forward = types.MethodType(_sequence_reduction_forward, module)
+            changed += 1
+    return changed
 
 
 class HumanParser:
@@ -217,6 +262,7 @@ class HumanParser:
         self.dtype = dtype or _default_dtype(self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self._head = _FoldedDecodeHead(self.model.decode_head)
+        _use_channels_last_token_convs(self.model)
 
     @classmethod
     def load(cls, folder, device="cpu", dtype=None) -> "HumanParser":
