@@ -28,8 +28,9 @@ from ..pipeline import errors as pipeline_errors
 from . import image_input, net
 from .config import ApiConfig
 from .history import MIME, encode, history_error, inside
+from .http_errors import fashn_errors, read_json
 from .predictions import Prediction, Store, restart_failure, scrub
-from .protocol import HttpError, bad_request, parse_run_request, run_response, runtime_error, unauthorized
+from .protocol import HttpError, parse_run_request, run_response, runtime_error, unauthorized
 from .workflow_fill import fill, output_node
 
 log = logging.getLogger("comfyui_model_swap.api")
@@ -124,13 +125,13 @@ class FashnApi:
 
     # ------------------------------------------------------------------------------ routes
     def add_routes(self, routes: web.RouteTableDef) -> None:
-        routes.post("/v1/run")(_fashn_errors(self.handle_run))
-        routes.get("/v1/status/{id}")(_fashn_errors(self.handle_status))
-        routes.get("/v1/outputs/{id}/{name}")(_fashn_errors(self.handle_output))
+        routes.post("/v1/run")(fashn_errors(self.handle_run))
+        routes.get("/v1/status/{id}")(fashn_errors(self.handle_status))
+        routes.get("/v1/outputs/{id}/{name}")(fashn_errors(self.handle_output))
 
     async def handle_run(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body = await _read_json(request)
+        body = await read_json(request)
         run = parse_run_request(body, request.query.get("webhook_url"))
         self.start()
         prediction = await self.store.create(run, self._base_url(request))
@@ -382,49 +383,6 @@ class FashnApi:
 
 
 # -------------------------------------------------------------------------------- helpers
-
-def _fashn_errors(handler):
-    """A handler's ``HttpError`` answers FASHN's error body with its status; an unexpected error
-    answers FASHN's 500 body, not aiohttp's HTML page."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except HttpError as exc:
-            return web.json_response(exc.body(), status=exc.status)
-        except web.HTTPException:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            log.exception("model-swap API: %s %s failed", request.method, request.path)
-            return web.json_response(HttpError(500, "InternalServerError", f"{type(exc).__name__}: {exc}").body(),
-                                     status=500)
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
-
-
-async def _read_json(request: web.Request):
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        size = f"{request.content_length:,} bytes" if request.content_length else "too large"
-        raise HttpError(413, "PayloadTooLarge",
-                        f"The request body is {size}: {exc.text} Send the images as http(s) URLs, or smaller "
-                        "data URIs (JPEG or WEBP), or start ComfyUI with a larger --max-upload-size (in MB)."
-                        ) from None
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise bad_request("The JSON body is nested too deeply to read: send a flat object "
-                          '{"model_name": "model-swap", "inputs": {...}}.') from None
-    except ValueError as exc:
-        raise bad_request(f"The body is not valid JSON ({exc}): send a JSON object with model_name and "
-                          "inputs.") from None
-
-
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not valid JSON")
-
 
 def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)

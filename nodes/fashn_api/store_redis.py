@@ -142,9 +142,6 @@ class RedisStore:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._free = asyncio.Semaphore(self.slots)
-        loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._read_new(run_job)), loop.create_task(self._renew_and_reclaim(run_job))]
         stale = await self.redis.zrangebyscore(self.key("webhooks"), "-inf", self.clock() - self.claim_ms / 1000)
         for raw in stale:
             try:
@@ -153,51 +150,51 @@ class RedisStore:
                 await self.redis.zrem(self.key("webhooks"), raw)
                 continue
             self._spawn(deliver(prediction))
+        self._free = asyncio.Semaphore(self.slots)
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._take_jobs(run_job)), loop.create_task(self._renew())]
         log.info("model-swap API: worker %s reads jobs from Redis (%d slots, claims expire after %.0f s)",
                  self.consumer, self.slots, self.claim_ms / 1000)
 
-    async def _read_new(self, run_job) -> None:
+    async def _take_jobs(self, run_job) -> None:
+        """With a free slot: first a job whose claim expired (its worker died), else a new one."""
         while True:
             await self._free.acquire()
             try:
-                reply = await self.redis.xreadgroup(GROUP, self.consumer, {self.key("jobs"): ">"}, count=1, block=1000)
+                reply = await self.redis.xautoclaim(self.key("jobs"), GROUP, self.consumer, self.claim_ms, "0-0",
+                                                    count=1)
+                entries = [e for e in (reply[1] if len(reply) > 1 else []) if e and e[1]]
+                if entries:
+                    log.warning("model-swap API: taking over job %s whose worker stopped renewing its claim",
+                                entries[0][1].get(b"id", b"?").decode())
+                else:
+                    reply = await self.redis.xreadgroup(GROUP, self.consumer, {self.key("jobs"): ">"}, count=1,
+                                                        block=max(100, min(1000, self.claim_ms // 3)))
+                    entries = reply[0][1] if reply else []
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Redis briefly unreachable: try again
                 log.exception("model-swap API: reading the job queue failed")
-                self._free.release()
+                entries = []
                 await asyncio.sleep(1.0)
-                continue
-            entries = reply[0][1] if reply else []
             if not entries:
                 self._free.release()
                 continue
             entry_id, fields = entries[0]
             self._take(entry_id, fields, run_job)
 
-    async def _renew_and_reclaim(self, run_job) -> None:
-        """Renew this worker's claims; take over claims idle longer than the claim time."""
+    async def _renew(self) -> None:
+        """Renew this worker's claims (reset their idle time) every third of the claim time."""
         while True:
             await asyncio.sleep(self.claim_ms / 3000)
+            if not self._held:
+                continue
             try:
-                if self._held:
-                    await self.redis.xclaim(self.key("jobs"), GROUP, self.consumer, 0, list(self._held), justid=True)
-                while not self._free.locked():
-                    await self._free.acquire()
-                    reply = await self.redis.xautoclaim(self.key("jobs"), GROUP, self.consumer, self.claim_ms, "0-0",
-                                                        count=1)
-                    entries = [e for e in (reply[1] if len(reply) > 1 else []) if e and e[1]]
-                    if not entries:
-                        self._free.release()
-                        break
-                    entry_id, fields = entries[0]
-                    log.warning("model-swap API: taking over job %s whose worker stopped renewing its claim",
-                                fields.get(b"id", b"?").decode())
-                    self._take(entry_id, fields, run_job)
+                await self.redis.xclaim(self.key("jobs"), GROUP, self.consumer, 0, list(self._held), justid=True)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001
-                log.exception("model-swap API: renewing or reclaiming jobs failed")
+                log.exception("model-swap API: renewing job claims failed")
 
     def _take(self, entry_id: bytes, fields: dict, run_job) -> None:
         prediction_id = fields[b"id"].decode()
