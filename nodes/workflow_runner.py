@@ -317,30 +317,45 @@ def encode_multipart(fields: dict[str, str], file_field: str, file_path: Path) -
 
 
 class ComfyClient:
-    """Minimal HTTP client for ComfyUI's /upload/image, /prompt, /history and /view."""
+    """The pack's one HTTP client for ComfyUI: /upload/image, /prompt, /history, /view.
+
+    The headless runner drives jobs with it, and tests/comfy_harness.py sends every request through
+    :meth:`request`. Connections are direct (no proxy from the environment)."""
 
     def __init__(self, url: str, timeout: float = 60.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float | None = None) -> tuple[int, bytes]:
+        """One request; (status, body) for any HTTP status. Raises URLError when ComfyUI cannot be reached."""
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
         try:
-            with _DIRECT.open(req, timeout=self.timeout) as resp:
-                return resp.read()
+            with _DIRECT.open(req, timeout=timeout or self.timeout) as resp:
+                return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")
-            if exc.code == 400 and path == "/prompt":
-                raise WorkflowError(f"ComfyUI rejected the workflow: {detail[:4000]}") from exc
-            raise WorkflowError(f"{method} {path} answered HTTP {exc.code}: {detail[:2000]}") from exc
-        except urllib.error.URLError as exc:
-            raise WorkflowError(f"Cannot reach ComfyUI at {self.url}: {exc.reason}. Is it running?") from exc
+            return exc.code, exc.read()
+
+    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
+        try:
+            status, answer = self.request(method, path, body, headers)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise WorkflowError(f"Cannot reach ComfyUI at {self.url}: {reason}. Is it running?") from exc
+        if status >= 400:
+            detail = answer.decode("utf-8", "replace")
+            if status == 400 and path == "/prompt":
+                raise WorkflowError(f"ComfyUI rejected the workflow: {detail[:4000]}")
+            raise WorkflowError(f"{method} {path} answered HTTP {status}: {detail[:2000]}")
+        return answer
 
     def get_json(self, path: str):
         return json.loads(self._call("GET", path))
 
-    def upload_image(self, path: Path) -> str:
-        body, content_type = encode_multipart({"overwrite": "true"}, "image", path)
+    def upload_image(self, path: Path, subfolder: str = "", overwrite: bool = True) -> str:
+        """Upload a file into ComfyUI's input folder; returns the name a LoadImage node takes."""
+        fields = {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
+        body, content_type = encode_multipart(fields, "image", path)
         answer = json.loads(self._call("POST", "/upload/image", body, {"Content-Type": content_type}))
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 

@@ -16,7 +16,8 @@ graph editor in headless Chromium (Debian's ``/usr/bin/chromium`` through playwr
 every request that leaves 127.0.0.1 blocked. :func:`normalise_api_graph` compares API-format
 graphs while ignoring node ids.
 
-Nothing here talks to anything but 127.0.0.1.
+Every HTTP request goes through the pack's one ComfyUI client, ``ComfyClient`` in
+nodes/workflow_runner.py (which the headless runner uses). Nothing here talks to anything but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyui_model_swap.nodes.workflow_runner import encode_multipart
+from comfyui_model_swap.nodes.workflow_runner import ComfyClient, WorkflowError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-model-swap"
@@ -66,8 +66,6 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "ws_proxy", "wss_proxy")
 DEFAULT_SETTINGS = {"Comfy.TutorialCompleted": True}
 
-# Direct connections only: proxies from the environment must not see test traffic.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ComfyServerError(RuntimeError):
@@ -404,15 +402,15 @@ class ComfyServer:
         return [line for line in self.log_text().splitlines() if text in line]
 
     # ----------------------------------------------------------------- HTTP
+    @property
+    def client(self) -> ComfyClient:
+        """The pack's HTTP client (nodes/workflow_runner.py) for this server: every request goes through it."""
+        return ComfyClient(self.url)
+
     def request(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
                 timeout: float = 30.0) -> tuple[int, bytes]:
         """One HTTP request to the server; returns (status, body) for any status."""
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
-        try:
-            with _HTTP.open(req, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
+        return self.client.request(method, path, body, dict(headers or {}), timeout)
 
     def get_json(self, path: str, timeout: float = 30.0) -> Any:
         status, body = self.request("GET", path, timeout=timeout)
@@ -510,15 +508,10 @@ class ComfyServer:
 
     def upload_image(self, path: Path | str, subfolder: str = "", overwrite: bool = True) -> str:
         """Upload a file through ``/upload/image``; returns the name a LoadImage node takes."""
-        path = Path(path)
-        body, content_type = encode_multipart(
-            {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}, "image", path
-        )
-        status, answer = self.request("POST", "/upload/image", body, {"Content-Type": content_type})
-        if status != 200:
-            raise ComfyServerError(f"POST /upload/image answered HTTP {status}: {answer[:2000]!r}")
-        result = json.loads(answer)
-        return f"{result['subfolder']}/{result['name']}" if result.get("subfolder") else result["name"]
+        try:
+            return self.client.upload_image(Path(path), subfolder, overwrite)
+        except WorkflowError as exc:
+            raise ComfyServerError(str(exc)) from exc
 
     def watch(self, client_id: str | None = None) -> ProgressWatcher:
         """A :class:`ProgressWatcher` on this server's websocket (use as a context manager)."""
