@@ -28,8 +28,8 @@ def engine(paths):
 
 
 def _single_files(paths, transformer="transformer"):
-    return flux2_klein.Files(transformer=paths[transformer], text_encoder=paths["text_encoder"], vae=paths["vae"],
-                             configs=paths["configs"])
+    """The single files, loaded with the pack's shipped configs and Qwen tokenizer."""
+    return flux2_klein.Files(transformer=paths[transformer], text_encoder=paths["text_encoder"], vae=paths["vae"])
 
 
 def _image(seed=0):
@@ -70,10 +70,16 @@ def test_single_files_in_bfl_and_comfyui_layouts_load_the_same_model_as_the_fold
         sa, sb = a.state_dict(), b.state_dict()
         assert set(sa) == set(sb), name
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    # Single files use the pack's Qwen3 tokenizer (the tiny folder ships a tiny one of its own) ...
+    assert len(single.tokenizer) == 151669 and len(engine.tokenizer) < 1000
+    # ... so with the folder's tokenizer the two engines give the same images (tensor layouts may differ).
+    same_tokens = flux2_klein.Flux2KleinEngine(single.pipe, single.text_encoder, engine.tokenizer, single.device,
+                                               single.dtype, single.offload, single.source)
     request = _request(seeds=(3,))
-    a, b = engine.inpaint(request)[0], single.inpaint(request)[0]
+    a, b = engine.inpaint(request)[0], same_tokens.inpaint(request)[0]
     assert a.shape == (H, W, 3) and a.dtype == np.uint8
-    assert int(np.abs(a.astype(int) - b).max()) <= 1  # same weights; tensor layouts may differ
+    assert int(np.abs(a.astype(int) - b).max()) <= 1
+    assert single.inpaint(request)[0].shape == (H, W, 3)
 
 
 def test_four_seeds_in_one_batch_equal_four_single_runs(engine):
@@ -219,7 +225,7 @@ def test_scaled_fp8_file_is_dequantised_with_its_scales(paths, engine, tmp_path)
             scaled[key] = value
     save_file(scaled, str(tmp_path / "klein-scaled-fp8.safetensors"))
     files = flux2_klein.Files(transformer=tmp_path / "klein-scaled-fp8.safetensors", text_encoder=paths["text_encoder"],
-                              vae=paths["vae"], configs=paths["configs"])
+                              vae=paths["vae"])
     loaded = flux2_klein.load(files, device="cpu")
     assert not loaded.fp8  # dequantised to the engine dtype, not re-cast to FP8 without the scale
     got = loaded.pipe.transformer.transformer_blocks[0].attn.to_q.weight
@@ -235,20 +241,19 @@ def test_missing_and_wrong_files_name_file_folder_and_source(paths, tmp_path):
 
     files = _single_files(paths)
     gone = flux2_klein.Files(transformer=files.transformer, text_encoder=tmp_path / "qwen_3_4b.safetensors",
-                             vae=files.vae, configs=files.configs)
+                             vae=files.vae)
     with pytest.raises(MissingModelError) as err:
         flux2_klein.load(gone, device="cpu")
     assert (err.value.folder, err.value.filename) == ("models/text_encoders", "qwen_3_4b.safetensors")
     assert "qwen_3_4b.safetensors" in str(err.value) and err.value.source and err.value.source in str(err.value)
 
-    swapped = flux2_klein.Files(transformer=files.vae, text_encoder=files.text_encoder, vae=files.vae,
-                                configs=files.configs)
+    swapped = flux2_klein.Files(transformer=files.vae, text_encoder=files.text_encoder, vae=files.vae)
     with pytest.raises(MissingModelError, match="not a FLUX.2 transformer") as err:
         flux2_klein.load(swapped, device="cpu")
     assert err.value.folder == "models/diffusion_models" and str(files.vae) in str(err.value)
 
     wrong_vae = flux2_klein.Files(transformer=files.transformer, text_encoder=files.text_encoder,
-                                  vae=files.text_encoder, configs=files.configs)
+                                  vae=files.text_encoder)
     with pytest.raises(MissingModelError, match="not the FLUX.2 VAE") as err:
         flux2_klein.load(wrong_vae, device="cpu")
     assert err.value.folder == "models/vae"

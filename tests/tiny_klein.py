@@ -6,8 +6,9 @@
   byte-level BPE trained here, with Qwen's special tokens and the pack's chat template), vae/,
   scheduler/);
 - ``configs/``: the same configs and tokenizer without weights, in the layout of the pack's
-  ``configs/flux2_klein_4b`` (what single files are loaded with);
-- single files as ComfyUI users have them: ``diffusion_models/klein-tiny.safetensors`` (BFL's
+  ``configs/flux2_klein_4b`` (for ``build_random_klein``);
+- single files as ComfyUI users have them, which the engine loads with the pack's own configs and
+  Qwen tokenizer (it reads the sizes from the weights): ``diffusion_models/klein-tiny.safetensors`` (BFL's
   original key layout), ``diffusion_models/klein-tiny-fp8.safetensors`` (the same, FP8 weights),
   ``text_encoders/qwen-tiny.safetensors`` (transformers' Qwen3 keys without the tied lm_head),
   ``vae/flux2-vae-tiny.safetensors`` (BFL's original VAE key layout).
@@ -33,8 +34,12 @@ LATENT_CHANNELS = 4
 TRANSFORMER = dict(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=3 * TEXT_HIDDEN,
                    timestep_guidance_channels=32, mlp_ratio=2.0, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
-VAE = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=4,
+# GroupNorm over all 8 channels: the engine reads every VAE size from a single file but the group count,
+# which it takes as 32 (FLUX.2's) or, for narrower VAEs, the largest divisor of 32 dividing every width.
+VAE = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=8,
            sample_size=64)
+# Qwen's vocabulary size, so the text encoder works with the pack's real Qwen tokenizer (single files).
+TEXT_VOCAB = 151936
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CORPUS = ["a photo of a woman in a red dress", "a man wearing a dark suit, studio light", "portrait of a person",
           "fashion catalogue photograph, natural skin, detailed face", "user assistant"]
@@ -57,7 +62,7 @@ def _tokenizer(folder: Path):
     return Qwen2TokenizerFast.from_pretrained(folder, local_files_only=True)
 
 
-def _models(vocab_size: int):
+def _models():
     import torch
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -68,7 +73,7 @@ def _models(vocab_size: int):
     with torch.no_grad():  # a BatchNorm with statistics, so the normalisation is exercised
         vae.bn.running_mean.uniform_(-0.5, 0.5)
         vae.bn.running_var.uniform_(0.5, 2.0)
-    config = Qwen3Config(vocab_size=vocab_size, hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=28,
+    config = Qwen3Config(vocab_size=TEXT_VOCAB, hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=28,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
                          tie_word_embeddings=True, rope_theta=1000000)
     text_encoder = Qwen3ForCausalLM(config).eval()
@@ -181,7 +186,7 @@ def build(root: Path) -> dict:
     folder = root / "diffusers" / "FLUX.2-klein-tiny"
     configs = root / "configs"
     tokenizer = _tokenizer(root / "tokenizer-build")
-    transformer, vae, text_encoder, scheduler = _models(len(tokenizer))
+    transformer, vae, text_encoder, scheduler = _models()
     pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               transformer=transformer, is_distilled=True)
     pipe.save_pretrained(folder)

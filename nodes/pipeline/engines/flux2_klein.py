@@ -26,6 +26,7 @@ Sampling is diffusers' ``Flux2KleinInpaintPipeline``. What this module adds arou
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -170,6 +171,65 @@ def _dequantize_fp8(state: dict) -> tuple[dict, bool]:
     return out, not scale_keys
 
 
+def _blocks(state: dict, prefix: str) -> int:
+    return len({k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)})
+
+
+def _transformer_sizes(key: str, path: Path, state: dict) -> dict:
+    """The transformer's sizes, read from its weights as ComfyUI does (config overrides for
+    from_single_file); the shipped config supplies the rest."""
+    try:
+        hidden, in_channels = state["img_in.weight"].shape
+        head_dim = state["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
+        sizes = dict(
+            in_channels=int(in_channels), attention_head_dim=int(head_dim), num_attention_heads=int(hidden // head_dim),
+            num_layers=_blocks(state, "double_blocks."), num_single_layers=_blocks(state, "single_blocks."),
+            joint_attention_dim=int(state["txt_in.weight"].shape[1]),
+            timestep_guidance_channels=int(state["time_in.in_layer.weight"].shape[1]),
+            mlp_ratio=state["double_blocks.0.img_mlp.0.weight"].shape[0] / (2.0 * hidden),
+            axes_dims_rope=(int(head_dim) // 4,) * 4, guidance_embeds="guidance_in.in_layer.weight" in state)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise _missing(key, path, f"the FLUX.2 transformer file is incomplete ({type(exc).__name__}: {exc})") from exc
+    if sizes["guidance_embeds"]:
+        raise _missing(key, path, "the file is FLUX.2 [dev] (it has a guidance embedding), not FLUX.2 [klein]")
+    return sizes
+
+
+def _text_encoder_config(configs: Path, state: dict):
+    """The shipped Qwen3 config with the sizes read from the weights."""
+    from transformers import Qwen3Config
+
+    vocab, hidden = state["model.embed_tokens.weight"].shape
+    head_dim = state["model.layers.0.self_attn.q_norm.weight"].shape[0]
+    values = json.loads((configs / "text_encoder" / "config.json").read_text())
+    values.pop("layer_types", None)  # derived from num_hidden_layers
+    values.update(vocab_size=int(vocab), hidden_size=int(hidden), head_dim=int(head_dim),
+                  num_hidden_layers=_blocks(state, "model.layers."),
+                  num_attention_heads=int(state["model.layers.0.self_attn.q_proj.weight"].shape[0] // head_dim),
+                  num_key_value_heads=int(state["model.layers.0.self_attn.k_proj.weight"].shape[0] // head_dim),
+                  intermediate_size=int(state["model.layers.0.mlp.gate_proj.weight"].shape[0]))
+    return Qwen3Config(**values)
+
+
+def _vae_config(configs: Path, state: dict) -> dict:
+    """The shipped VAE config with the sizes read from (diffusers-layout) weights. GroupNorm's group
+    count is not in the weights: 32 as in FLUX.2's VAE, fewer only for narrower (test) VAEs."""
+    import math
+
+    from diffusers import AutoencoderKLFlux2
+
+    config = dict(AutoencoderKLFlux2.load_config(str(configs / "vae"), local_files_only=True))
+    blocks = _blocks(state, "encoder.down_blocks.")
+    widths = [int(state[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in range(blocks)]
+    config.update(block_out_channels=widths, down_block_types=["DownEncoderBlock2D"] * blocks,
+                  up_block_types=["UpDecoderBlock2D"] * blocks, in_channels=int(state["encoder.conv_in.weight"].shape[1]),
+                  layers_per_block=_blocks(state, "encoder.down_blocks.0.resnets."),
+                  latent_channels=int(state["encoder.conv_out.weight"].shape[0] // 2),
+                  norm_num_groups=math.gcd(32, *widths),
+                  mid_block_add_attention=any(k.startswith("encoder.mid_block.attentions.") for k in state))
+    return config
+
+
 def _load_transformer_file(path: Path, configs: Path, dtype):
     from diffusers import Flux2Transformer2DModel
 
@@ -178,17 +238,11 @@ def _load_transformer_file(path: Path, configs: Path, dtype):
     if "single_stream_modulation.lin.weight" not in state:
         raise _missing(key, path, "the file is not a FLUX.2 transformer in BFL's layout (no "
                                   "single_stream_modulation.lin.weight)")
-    config = json.loads((configs / "transformer" / "config.json").read_text())
-    hidden = config["num_attention_heads"] * config["attention_head_dim"]
-    img_in = state.get("img_in.weight")
-    if img_in is None or tuple(img_in.shape) != (hidden, config["in_channels"]):
-        shape = None if img_in is None else tuple(img_in.shape)
-        raise _missing(key, path, f"the transformer's width does not match FLUX.2 klein 4B (img_in {shape}, "
-                                  f"expected {(hidden, config['in_channels'])}; 9B and dev files are other models)")
+    overrides = _transformer_sizes(key, path, state)
     state, plain_fp8 = _dequantize_fp8(state)
     try:
         model = Flux2Transformer2DModel.from_single_file(
-            state, config=str(configs), subfolder="transformer", torch_dtype=dtype, local_files_only=True)
+            state, config=str(configs), subfolder="transformer", torch_dtype=dtype, local_files_only=True, **overrides)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise _missing(key, path, f"diffusers could not load the transformer ({type(exc).__name__}: {exc})") from exc
     if plain_fp8:
@@ -201,7 +255,7 @@ def _load_transformer_file(path: Path, configs: Path, dtype):
 def _load_text_encoder_file(path: Path, configs: Path, dtype):
     import torch
     from accelerate import init_empty_weights
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     key = TEXT_ENCODER_KEY
     state = _read_safetensors(key, path)
@@ -211,12 +265,12 @@ def _load_text_encoder_file(path: Path, configs: Path, dtype):
     state = _strip_prefix(state, ("text_encoders.qwen3_4b.transformer.", "transformer."))
     if not any(k.startswith("model.") for k in state):
         state = {f"model.{k}" if not k.startswith("lm_head.") else k: v for k, v in state.items()}
-    config = Qwen3Config.from_pretrained(str(configs / "text_encoder"), local_files_only=True)
-    emb = state.get("model.embed_tokens.weight")
-    if emb is None or emb.shape[1] != config.hidden_size or emb.shape[0] < 151669 and config.vocab_size >= 151669:
-        shape = None if emb is None else tuple(emb.shape)
-        raise _missing(key, path, f"the file is not Qwen3-4B (embed_tokens {shape}, expected "
-                                  f"({config.vocab_size}, {config.hidden_size}))")
+    if "model.layers.0.self_attn.q_norm.weight" not in state or "model.embed_tokens.weight" not in state:
+        raise _missing(key, path, "the file is not a Qwen3 text encoder (no model.embed_tokens / q_norm weights)")
+    config = _text_encoder_config(configs, state)
+    if config.vocab_size < len(_tokenizer(configs / "tokenizer")):
+        raise _missing(key, path, f"the Qwen3 file's vocabulary ({config.vocab_size}) is smaller than the Qwen "
+                                  "tokenizer's: it is not Qwen3")
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # transformers 4.x
@@ -249,14 +303,15 @@ def _load_vae_file(path: Path, configs: Path, dtype):
 
     key = VAE_KEY
     state = _strip_prefix(_read_safetensors(key, path), ("first_stage_model.", "vae."))
-    config = AutoencoderKLFlux2.load_config(str(configs / "vae"), local_files_only=True)
-    if "bn.running_mean" not in state:
+    if "bn.running_mean" not in state or "encoder.conv_in.weight" not in state:
         raise _missing(key, path, "the file is not the FLUX.2 VAE (no bn.running_mean; FLUX.1's ae.safetensors "
                                   "is another VAE)")
     if any(k.startswith("encoder.down.") for k in state):  # BFL's / ComfyUI's original layout
-        converted = convert_ldm_vae_checkpoint(state, config)
+        blocks = ["DownEncoderBlock2D"] * _blocks(state, "encoder.down.")
+        converted = convert_ldm_vae_checkpoint(state, {"down_block_types": blocks, "up_block_types": blocks})
         converted.update({new: state[old] for old, new in _VAE_EXTRA.items() if old in state})
         state = converted
+    config = _vae_config(configs, state)
     with init_empty_weights(include_buffers=False):
         model = AutoencoderKLFlux2.from_config(config)
     own = model.state_dict()
@@ -276,6 +331,15 @@ def _load_vae_file(path: Path, configs: Path, dtype):
 
 
 # --------------------------------------------------------------------------- loading
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: Path):
+    """The Qwen tokenizer in ``folder``, read once per process (building it from vocab and merges
+    takes seconds; it is not changed by use)."""
+    from transformers import Qwen2TokenizerFast
+
+    return Qwen2TokenizerFast.from_pretrained(folder, local_files_only=True)
 
 
 def _components(files: Files, dtype) -> dict:
@@ -309,7 +373,7 @@ def _components(files: Files, dtype) -> dict:
         "transformer": transformer,
         "vae": _load_vae_file(Path(files.vae), configs, dtype),
         "text_encoder": _load_text_encoder_file(Path(files.text_encoder), configs, dtype),
-        "tokenizer": Qwen2TokenizerFast.from_pretrained(configs / "tokenizer", local_files_only=True),
+        "tokenizer": _tokenizer(configs / "tokenizer"),
         "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(configs, subfolder="scheduler", local_files_only=True),
         "is_distilled": bool(index.get("is_distilled", True)),
         "fp8": fp8,
