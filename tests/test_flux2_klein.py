@@ -289,3 +289,12 @@ def test_benchmark_builder_makes_a_working_engine_from_configs(paths):
     engine = tiny_klein.build_random_klein("cpu", configs=paths["configs"], fp8=True)
     images = engine.inpaint(_request(seeds=(1, 2)))
     assert len(images) == 2 and images[0].shape == (H, W, 3)
+
+
+def test_tiny_klein_installs_under_the_default_names_and_loads_from_there(paths, tmp_path):
+    installed = tiny_klein.install_defaults(tmp_path / "models", paths)
+    assert installed["flux2_klein_transformer"] == tmp_path / "models" / "diffusion_models" / "flux-2-klein-4b.safetensors"
+    files = flux2_klein.Files(transformer=installed["flux2_klein_transformer"],
+                              text_encoder=installed["flux2_klein_text_encoder"], vae=installed["flux2_vae"])
+    assert flux2_klein.load(files, device="cpu").inpaint(_request())[0].shape == (H, W, 3)
+    assert (installed["flux2_klein"] / "model_index.json").is_file()

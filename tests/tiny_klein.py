@@ -223,6 +223,33 @@ def build(root: Path) -> dict:
     return paths
 
 
+def install_defaults(models_root: Path, built: dict | None = None) -> dict:
+    """Put the tiny klein into a ComfyUI models folder under the names the shipped workflows use:
+    the single files as ComfyUI's templates name them and the diffusers folder as
+    ``diffusers/FLUX.2-klein-4B`` (hard links where possible). Returns the installed paths."""
+    import os
+
+    from comfyui_model_swap.nodes.pipeline import model_files
+
+    built = built or build(Path(models_root) / ".klein-build")
+    models_root = Path(models_root)
+    installed = {}
+    for key, source in (("flux2_klein_transformer", built["transformer"]), ("flux2_klein_text_encoder", built["text_encoder"]),
+                        ("flux2_vae", built["vae"]), ("flux2_klein", built["folder"])):
+        spec = model_files.MODELS[key]
+        target = models_root / spec.folder / spec.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if Path(source).is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy(source, target)
+        installed[key] = target
+    return installed
+
+
 _BUILT: dict = {}
 
 
