@@ -46,8 +46,8 @@ def quick_start_commands() -> list[str]:
 def test_quick_start_has_two_commands_an_installer_and_a_headless_run():
     first, second = quick_start_commands()
     assert first.startswith("python scripts/get_models.py")
-    assert second.startswith("python scripts/run_workflow.py") and "examples/model.jpg" in second
-    assert (ROOT / "examples" / "model.jpg").is_file()
+    assert second.startswith("python scripts/run_workflow.py") and "assets/model.jpg" in second
+    assert (ROOT / "assets" / "model.jpg").is_file()
 
 
 def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_job(tiny_models_dir, tmp_path):
@@ -89,7 +89,7 @@ def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_jo
     output = clone / written if not Path(written).is_absolute() else Path(written)
     assert output.parent == (clone / "results").resolve() or output.parent == clone / "results"
     result = np.asarray(Image.open(output).convert("RGB"))
-    photo = np.asarray(Image.open(clone / "examples" / "model.jpg").convert("RGB"))
+    photo = np.asarray(Image.open(clone / "assets" / "model.jpg").convert("RGB"))
     assert result.shape == photo.shape
     assert not np.array_equal(result, photo)  # the person was regenerated (the tiny parser's mask is no
     # garment mask on a real photo, so exact preservation is tests/test_pipeline.py's business)
