@@ -159,10 +159,13 @@ def required_models(graph: dict) -> list[tuple[str, str]]:
     """
     needs: list[tuple[str, str]] = []
     for node in graph.values():
-        for input_name, value in node.get("inputs", {}).items():
-            key = model_files.key_for_input(node.get("class_type", ""), input_name, value)
-            if key is not None and (key, value) not in needs:
-                needs.append((key, value))
+        cls, inputs = node.get("class_type", ""), node.get("inputs", {})
+        chosen = {name: model_files.key_for_input(cls, name, value) for name, value in inputs.items()}
+        unused = {c for key in chosen.values() if key for c in model_files.MODELS[key].covers}
+        found = [(key, inputs[name]) for name, key in chosen.items()
+                 if key is not None and f"{model_files.short_name(cls)}.{name}" not in unused]
+        found += [(key, model_files.MODELS[key].name) for key in model_files.keys_for_node(cls)]
+        needs += [need for need in found if need not in needs]
     return needs
 
 

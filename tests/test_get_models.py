@@ -69,12 +69,39 @@ def test_list_names_exactly_the_workflows_loader_choices_with_size_licence_and_t
     done = install(hub, "--workflow", workflow, "--list", "--models-dir", tmp_path / "models")
     assert done.returncode == 0, done.stderr
     rows = [line.split("\t") for line in done.stdout.strip().splitlines()]
-    assert {r[0] for r in rows} == loader_values(workflow)
+    listed = {r[0] for r in rows}
+    graph = json.loads(workflow.read_text())
+    assert listed == {name for _, name in wr.required_models(graph)}
+    # read straight from the graph: every model file a loader chose is listed (except inputs that a
+    # chosen folder makes unused), and nothing else but the fixed files of loaders without a choice
+    chosen = loader_values(workflow) & {s.name for s in model_files.MODELS.values()}
+    covered = {node["inputs"][c.split(".", 1)[1]] for node in graph.values() for v in node["inputs"].values()
+               for s in model_files.MODELS.values() if s.name == v
+               for c in s.covers if c.split(".", 1)[0] in node["class_type"]}
+    fixed = {model_files.MODELS[k].name for node in graph.values() for k in model_files.keys_for_node(node["class_type"])}
+    assert chosen - covered <= listed <= loader_values(workflow) | fixed
     for name, size, licence, target, state in rows:
         spec = next(s for s in model_files.MODELS.values() if s.name == name)
         assert (size, licence, state) == (spec.size, spec.licence, "missing")
         assert Path(target) == tmp_path / "models" / spec.folder / name
     assert sum(hub.gets.values()) == 0
+
+
+def test_one_function_says_which_models_a_graph_needs_from_the_registry():
+    graph = {"1": {"class_type": "ModelSwap_KleinLoader", "inputs": {
+                 "model": "flux-2-klein-4b.safetensors", "text_encoder": "qwen_3_4b.safetensors",
+                 "vae": "flux2-vae.safetensors", "device": "auto"}},
+             "2": {"class_type": "ModelSwap_OpenCVFaceLoader", "inputs": {"det_size": 640}},
+             "3": {"class_type": "ModelSwap_KleinLoader", "inputs": {
+                 "model": "FLUX.2-klein-4B", "text_encoder": "qwen_3_4b.safetensors", "vae": "flux2-vae.safetensors"}},
+             "4": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-2-klein-4b.safetensors"}},
+             "5": {"class_type": "ModelSwap_PipelineLoader", "inputs": {
+                 "model": "my_sdxl.safetensors", "faceid": "ip-adapter-faceid-plusv2_sdxl.bin", "faceid_lora": "auto"}}}
+    assert wr.required_models(graph) == [
+        ("flux2_klein_transformer", "flux-2-klein-4b.safetensors"), ("flux2_klein_text_encoder", "qwen_3_4b.safetensors"),
+        ("flux2_vae", "flux2-vae.safetensors"), ("yunet", "face_detection_yunet_2023mar.onnx"),
+        ("sface", "face_recognition_sface_2021dec.onnx"), ("flux2_klein", "FLUX.2-klein-4B"),  # its own TE and VAE
+        ("sdxl_checkpoint", "my_sdxl.safetensors"), ("faceid_plusv2", "ip-adapter-faceid-plusv2_sdxl.bin")]
 
 
 def test_engine_lists_its_default_set(hub, tmp_path):

@@ -36,7 +36,9 @@ class ModelSpec:
     sha256: str = ""  # pinned SHA-256 of what ``url`` serves (or of the hub file, where known)
     # --- which graphs need it
     inputs: tuple[str, ...] = ()  # loader inputs that name it: "PipelineLoader.model" (pack nodes without
-    # the "ModelSwap_" prefix) or a core node's "UNETLoader.unet_name"
+    # the "ModelSwap_" prefix) or a core node's "UNETLoader.unet_name"; a bare node name ("OpenCVFaceLoader")
+    # means every node of that type loads it under its default name
+    covers: tuple[str, ...] = ()  # other inputs of the same node this model makes unused (a folder with its own VAE)
     match: str = ""  # among several entries of one input, a chosen name containing this picks this entry
     engines: tuple[str, ...] = ()  # engines whose default set (get_models.py --engine) includes it
 
@@ -224,8 +226,9 @@ MODELS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             repo="black-forest-labs/FLUX.2-klein-4B",
             repo_files=("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "transformer/*", "vae/*"),
-            inputs=("PipelineLoader.model",),
+            inputs=("KleinLoader.model", "PipelineLoader.model"),
             match="klein",
+            covers=("KleinLoader.text_encoder", "KleinLoader.vae"),
             engines=("flux2_klein",),
         ),
         ModelSpec(
@@ -239,7 +242,7 @@ MODELS: dict[str, ModelSpec] = {
             optional=True,
             repo="Comfy-Org/Flux-2-Klein-4B",
             repo_files=("split_files/diffusion_models/flux-2-klein-4b.safetensors",),
-            inputs=("UNETLoader.unet_name", "PipelineLoader.model"),
+            inputs=("KleinLoader.model", "UNETLoader.unet_name", "PipelineLoader.model"),
             match="klein",
         ),
         ModelSpec(
@@ -254,7 +257,7 @@ MODELS: dict[str, ModelSpec] = {
             repo="Comfy-Org/Flux-2-Klein-4B",
             repo_files=("split_files/text_encoders/qwen_3_4b.safetensors",),
             sha256="6c671498573ac2f7a5501502ccce8d2b08ea6ca2f661c458e708f36b36edfc5a",
-            inputs=("CLIPLoader.clip_name",),
+            inputs=("KleinLoader.text_encoder", "CLIPLoader.clip_name"),
             match="qwen",
         ),
         ModelSpec(
@@ -269,7 +272,7 @@ MODELS: dict[str, ModelSpec] = {
             repo="Comfy-Org/Flux-2-Klein-4B",
             repo_files=("split_files/vae/flux2-vae.safetensors",),
             sha256="868fe7b343cc8f3a19dbcfcafbc3d5f888802be3f89bd81b65b3621a066ce8f3",
-            inputs=("VAELoader.vae_name",),
+            inputs=("KleinLoader.vae", "VAELoader.vae_name"),
             match="flux2",
         ),
         ModelSpec(
@@ -282,6 +285,7 @@ MODELS: dict[str, ModelSpec] = {
             licence="MIT",
             repo="opencv/face_detection_yunet",
             repo_files=("face_detection_yunet_2023mar.onnx",),
+            inputs=("OpenCVFaceLoader",),
             engines=("flux2_klein",),
         ),
         ModelSpec(
@@ -294,6 +298,7 @@ MODELS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             repo="opencv/face_recognition_sface",
             repo_files=("face_recognition_sface_2021dec.onnx",),
+            inputs=("OpenCVFaceLoader",),
             engines=("flux2_klein",),
         ),
     )
@@ -325,6 +330,16 @@ def insightface_key(name: str) -> str:
     return name if name in ("antelopev2", "buffalo_l") else "antelopev2"
 
 
+def short_name(node: str) -> str:
+    """A node's class type without the pack's ``ModelSwap_`` prefix (how ``ModelSpec.inputs`` names it)."""
+    return node.split("_", 1)[1] if node.startswith("ModelSwap_") else node
+
+
+def keys_for_node(node: str) -> list[str]:
+    """Registry keys every node of type ``node`` loads whatever its inputs (a bare name in ``inputs``)."""
+    return [s.key for s in MODELS.values() if short_name(node) in s.inputs]
+
+
 def key_for_input(node: str, input_name: str, value: str) -> str | None:
     """The registry key of the model a loader input names, or None when it names none.
 
@@ -335,7 +350,7 @@ def key_for_input(node: str, input_name: str, value: str) -> str | None:
     """
     if not isinstance(value, str) or value in ("", "none", "auto"):
         return None
-    short = node.split("_", 1)[1] if node.startswith("ModelSwap_") else node
+    short = short_name(node)
     declared = [s for s in MODELS.values() if f"{short}.{input_name}" in s.inputs]
     if not declared:
         if node.startswith("ModelSwap_"):
