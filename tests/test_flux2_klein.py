@@ -261,6 +261,11 @@ def test_missing_and_wrong_files_name_file_folder_and_source(paths, tmp_path):
     with pytest.raises(MissingModelError) as err:
         flux2_klein.load(flux2_klein.Files(transformer=files.transformer), device="cpu")
     assert err.value.folder == "models/text_encoders"
+    other = tmp_path / "stable-diffusion-xl-1.0-inpainting-0.1"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLInpaintPipeline"}))
+    with pytest.raises(InputValidationError, match="StableDiffusionXLInpaintPipeline model, not FLUX.2 klein"):
+        flux2_klein.load(flux2_klein.Files(folder=other), device="cpu")
     with pytest.raises(InputValidationError, match="not both"):
         flux2_klein.load(flux2_klein.Files(folder=paths["folder"], vae=files.vae), device="cpu")
 

@@ -92,6 +92,12 @@ def check_files(files: Files) -> None:
         folder = Path(files.folder)
         if not folder.is_dir():
             raise kfiles.missing(FOLDER_KEY, folder, "the diffusers folder does not exist")
+        index = folder / "model_index.json"
+        kind = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+        if kind and not kind.startswith("Flux2Klein"):
+            raise InputValidationError(
+                f"{folder} holds a {kind} model, not FLUX.2 klein: choose the FLUX.2-klein-4B folder or the klein "
+                "single files (or load this model with the loader for its engine).")
         for rel in FOLDER_FILES:
             if not (folder / rel).exists():
                 raise kfiles.missing(FOLDER_KEY, folder / rel, f"the diffusers folder lacks {rel}")
