@@ -13,9 +13,14 @@ Sampling is diffusers' ``Flux2KleinInpaintPipeline``. What this module adds arou
   generator i alone and encodes the source with the VAE's mode (no sampling), so image i of a
   batch equals the single run at seeds[i].
 - The source is VAE-encoded here and handed over as latents, so the pipeline never rescales it.
-- Per-pixel soft masks (base.py): the pipeline blends with a binary mask; when the mask is not
-  binary, ``callback_on_step_end`` holds every token whose strength has not yet reached the
-  current step's threshold at the source noised to the next sigma, with the same per-seed noise.
+- Per-pixel soft masks (base.py): the pipeline blends with a binary mask (mask > 0); when the mask
+  is not binary, ``callback_on_step_end`` puts every token whose strength was below step i's
+  threshold back to the source noised to the next sigma, with the same per-seed noise, so it
+  changes only during the last ``m`` fraction of the steps. A token is 16x16 pixels; its strength
+  is the mask sampled bilinearly at the token (as the pipeline samples its own mask), and the
+  pack's paste-back keeps pixels outside the mask exact.
+- Identity: ``IdentityCondition.reference`` is the pipeline's ``image_reference`` (scaled to at
+  most 1 MP by the pipeline); a scale of 0 turns it off, other scales are on (klein has no weight).
 - The text encoder lives on the CPU between prompts: it is moved to the device to encode, moved
   back, and prompt embeddings are cached per prompt. Model CPU offload covers the rest.
 - FP8 transformer files (``float8_e4m3fn`` weights) stay FP8 in memory and compute in the
