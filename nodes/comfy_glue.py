@@ -19,10 +19,11 @@ from .pipeline.contract import CHECKPOINT_SUFFIXES
 
 PACK = "ModelSwap"
 CATEGORY = "Model Swap"
-# ComfyUI models sub-folders this pack reads; the first four are ComfyUI's own.
-FOLDERS = ("diffusers", "checkpoints", "controlnet", "loras", "clip_vision", "ipadapter", "insightface",
-           "human_parsing")
 WEIGHT_EXTENSIONS = {*CHECKPOINT_SUFFIXES, ".bin"}
+# The pack's own models sub-folders (ComfyUI knows the others it reads: diffusers, checkpoints, controlnet,
+# loras, clip_vision, diffusion_models, text_encoders, vae) and the file types listed in them.
+PACK_FOLDERS = {"ipadapter": WEIGHT_EXTENSIONS, "insightface": WEIGHT_EXTENSIONS | {".onnx"},
+                "human_parsing": WEIGHT_EXTENSIONS, "facedetection": {".onnx"}}
 
 
 def register_model_folders() -> None:
@@ -30,16 +31,16 @@ def register_model_folders() -> None:
     (extra_model_paths.yaml or another pack may already have registered them)."""
     import folder_paths
 
-    for name in ("ipadapter", "insightface", "human_parsing"):
+    for name, extensions in PACK_FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:
             paths, exts = folder_paths.folder_names_and_paths[name]
             if default not in paths:
                 paths.append(default)
             if isinstance(exts, set):
-                exts.update(WEIGHT_EXTENSIONS)
+                exts.update(extensions)
         else:
-            folder_paths.folder_names_and_paths[name] = ([default], set(WEIGHT_EXTENSIONS))
+            folder_paths.folder_names_and_paths[name] = ([default], set(extensions))
 
 
 def folder_roots(name: str) -> list[str]:

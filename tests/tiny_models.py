@@ -23,6 +23,8 @@ import numpy as np
 
 import tiny_faceid
 import tiny_insightface
+import tiny_klein
+import tiny_opencv_faces
 import tiny_parser
 import tiny_sdxl
 from comfyui_model_swap.nodes.pipeline.masks import PALETTE
@@ -95,6 +97,8 @@ def build_all(root: Path) -> Path:
     tiny_parser.build_colour_keyed_parser(root / "human_parsing" / "fashn-human-parser")
     tiny_insightface.build_insightface_pack(root, "antelopev2", faces=(tiny_insightface.ASTRONAUT_FACE,))
     tiny_faceid.build_all(root)
+    tiny_klein.install_defaults(root)  # FLUX.2 klein single files and diffusers folder, default names
+    tiny_opencv_faces.build(root / "facedetection")  # YuNet + SFace, published names
     return root
 
 

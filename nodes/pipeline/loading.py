@@ -104,10 +104,11 @@ def load_face_analyzer(insightface_root: str | Path, name: str, device, det_size
 
 
 def clear_cache() -> None:
-    from .engines import sdxl
+    from .engines import flux2_klein, sdxl
 
     _CACHE.clear()
     sdxl.clear_cache()
+    flux2_klein.clear_cache()
 
 
 def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = ModelChoice(), *, device="auto",

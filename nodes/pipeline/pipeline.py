@@ -34,6 +34,7 @@ from .prompting import NEGATIVE_PROMPT, PERSONS, framing_of, prompts_for, skin_t
 
 Timings = tuple  # ((stage name, seconds), ...)
 DEFAULT_BODY_STRENGTH = c.DEFAULT_BODY_STRENGTH
+FACEID_EMBEDDING_SIZE = 512  # ArcFace (insightface) embeddings, what IP-Adapter FaceID was trained on
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,13 @@ def check_engine_fits(engine, encoded: Encoded, control_image) -> None:
             f"A face reference needs an identity-capable engine: the loaded {caps.name} engine has none. Load "
             "IP-Adapter FaceID (ip-adapter-faceid_sdxl.bin in models/ipadapter) with the SDXL pipeline, or use the "
             "FLUX.2 klein engine, which takes the identity from the reference image itself.")
+    embedding = None if encoded.identity is None else encoded.identity.embedding
+    if caps.embedding_identity and not caps.reference_image and embedding is not None \
+            and np.asarray(embedding).size != FACEID_EMBEDDING_SIZE:
+        raise InputValidationError(
+            f"IP-Adapter FaceID needs insightface's {FACEID_EMBEDDING_SIZE}-d identity embedding, but the face "
+            f"analyser gave {np.asarray(embedding).size}-d ones (OpenCV SFace): use the InsightFace loader "
+            "(antelopev2) with the SDXL engine, or the FLUX.2 klein engine with the OpenCV analyser.")
     if caps.controlnet != (control_image is not None):
         raise InputValidationError(
             "A ControlNet and a control image go together: give both (pose/hand control) or neither."
