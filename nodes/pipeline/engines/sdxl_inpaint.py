@@ -98,11 +98,17 @@ def _differential(pipe, req: InpaintRequest, pixels):
 
     vae, scale = pipe.vae, pipe.vae_scale_factor
     lh, lw = req.image.shape[0] // scale, req.image.shape[1] // scale
-    with _DeterministicEncode(vae), torch.inference_mode():
-        p = next(vae.parameters())
-        x = (pixels * 2.0 - 1.0).to(device=pipe._execution_device, dtype=torch.float32 if vae.config.force_upcast else p.dtype)
-        source = vae.to(x.dtype).encode(x).latent_dist.mode() * vae.config.scaling_factor
-        vae.to(p.dtype)
+    with torch.inference_mode():
+        dtype = vae.dtype
+        upcast = dtype == torch.float16 and vae.config.force_upcast  # SDXL's VAE overflows in fp16
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            x = (pixels * 2.0 - 1.0).to(device=pipe._execution_device, dtype=torch.float32 if upcast else dtype)
+            source = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(dtype)
     noise = torch.cat([randn_tensor((1, source.shape[1], lh, lw), generator=g, dtype=torch.float32)
                        for g in common.generators(req.seeds)])
     mask = torch.from_numpy(cv2.resize(req.mask, (lw, lh), interpolation=cv2.INTER_AREA))[None, None]
