@@ -1,5 +1,5 @@
 """Print README's models table from the model registry (nodes/pipeline/model_files.py): key (for
-``scripts/get_models.py --model KEY``), title, file or folder, folder, source, size, licence.
+``scripts/get_models.py --model KEY``), title, file or folder, folder, source, size, licence, commercial use.
 
     python scripts/models_table.py
 
@@ -29,12 +29,13 @@ def _registry():
 
 def models_table() -> str:
     mf = _registry()
-    rows = ["| Key (`get_models.py --model`) | Model | File or folder | Place in | Source | Size | Licence | Needed |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| Key (`get_models.py --model`) | Model | File or folder | Place in | Source | Size | Licence | "
+            "Commercial use | Needed |", "|---|---|---|---|---|---|---|---|---|"]
     for spec in mf.MODELS.values():
         name = f"`{spec.name}/`" if spec.is_folder else f"`{spec.name}`"
         rows.append(f"| `{spec.key}` | {spec.title} | {name} | `ComfyUI/models/{spec.folder}/` | {spec.source} | {spec.size} | "
-                    f"{spec.licence} | {'optional' if spec.optional else 'yes'} |")
+                    f"{spec.licence} | {'no' if spec.non_commercial else 'yes'} | "
+                    f"{'optional' if spec.optional else 'yes'} |")
     return "\n".join(rows)
 
 

@@ -199,9 +199,10 @@ def test_request_settings_reach_the_graph_and_base64_leaves_no_files(tmp_path):
     by_class = {n["class_type"]: n["inputs"] for n in graph.values()}
     assert by_class["ModelSwap_Sampler"]["seed"] == 77 and by_class["ModelSwap_Sampler"]["num_images"] == 3
     assert by_class["ModelSwap_Sampler"]["prompt"] == "red hair"
-    assert by_class["ModelSwap_Sampler"]["steps"] == workflow_fill.GENERATION_MODES["fast"]["steps"]
+    fast = workflow_fill.GENERATION_MODES["flux2_klein"]["fast"]  # the default engine
+    assert by_class["ModelSwap_Sampler"]["steps"] == fast["steps"]
     assert by_class["ModelSwap_FaceRefine"]["face_reference_mode"] == "match_base"
-    assert by_class["ModelSwap_FaceRefine"]["work_size"] == workflow_fill.GENERATION_MODES["fast"]["work_size"]
+    assert by_class["ModelSwap_FaceRefine"]["work_size"] == fast["work_size"]
     assert by_class["ModelSwap_GarmentMask"]["output_size"] == "2k"
     assert sum(n["class_type"] == "LoadImage" for n in graph.values()) == 2
     assert all(o.startswith("data:image/jpeg;base64,") for o in final["output"]) and len(final["output"]) == 3
@@ -209,15 +210,20 @@ def test_request_settings_reach_the_graph_and_base64_leaves_no_files(tmp_path):
     assert queue.forgotten  # and ComfyUI's history entry
 
 
+@pytest.mark.parametrize("engine", ["flux2_klein", "sdxl"])
 @pytest.mark.parametrize("mode", ["fast", "balanced", "quality"])
-def test_generation_modes_set_documented_steps_and_quality_is_the_shipped_workflow(mode):
-    graph = workflow_fill.fill(RunRequest(model_image="x", generation_mode=mode), {"model": "in/m.png"}, "p/raw")
-    settings = workflow_fill.GENERATION_MODES[mode]
+def test_generation_modes_set_documented_steps_and_quality_is_the_shipped_workflow(mode, engine):
+    graph = workflow_fill.fill(RunRequest(model_image="x", generation_mode=mode), {"model": "in/m.png"}, "p/raw",
+                               engine)
+    settings = workflow_fill.GENERATION_MODES[engine][mode]
     nodes = {n["class_type"]: n["inputs"] for n in graph.values()}
+    assert ("ModelSwap_KleinLoader" in nodes) == (engine == "flux2_klein")
+    assert ("ModelSwap_PipelineLoader" in nodes) == (engine == "sdxl")
     assert nodes["ModelSwap_Sampler"]["steps"] == settings["steps"]
     assert nodes["ModelSwap_FaceRefine"]["steps"] == settings["refine_steps"]
     assert nodes["ModelSwap_FaceRefine"]["work_size"] == settings["work_size"]
-    shipped = {n["class_type"]: n["inputs"] for n in workflow_fill.load_workflow(workflow_fill.PLAIN).values()}
+    plain = workflow_fill.WORKFLOW_FILES[engine][0]
+    shipped = {n["class_type"]: n["inputs"] for n in workflow_fill.load_workflow(plain).values()}
     if mode == "quality":
         assert nodes["ModelSwap_Sampler"]["steps"] == shipped["ModelSwap_Sampler"]["steps"]
         assert nodes["ModelSwap_FaceRefine"]["work_size"] == shipped["ModelSwap_FaceRefine"]["work_size"]
@@ -388,6 +394,10 @@ def test_config_from_env_reads_every_setting_and_names_bad_values():
         ApiConfig.from_env({"MODELSWAP_API_MAX_IN_FLIGHT": "many"})
     with pytest.raises(ValueError, match="MODELSWAP_API_FETCH_ALLOW"):
         ApiConfig.from_env({"MODELSWAP_API_FETCH_ALLOW": "not a network/99"})
+    assert ApiConfig.from_env({}).engine == "flux2_klein"  # the licence-clean default
+    assert ApiConfig.from_env({"MODELSWAP_API_ENGINE": "sdxl"}).engine == "sdxl"
+    with pytest.raises(ValueError, match="MODELSWAP_API_ENGINE='sd3'.*flux2_klein, sdxl"):
+        ApiConfig.from_env({"MODELSWAP_API_ENGINE": "sd3"})
 
 
 def test_a_hanging_url_delays_only_its_own_prediction_and_ready_ones_enter_in_order_of_arrival(tmp_path):

@@ -32,6 +32,7 @@ class ApiConfig:
     worker_slots: int = 2  # Redis mode: jobs this instance holds at once (one running, one ready)
     claim_s: float = 60.0  # Redis mode: a job whose worker stops renewing its claim this long is taken over
     max_attempts: int = 3  # times a prediction is started before a restart fails it
+    engine: str = "flux2_klein"  # which shipped workflows requests fill: "flux2_klein" (default) or "sdxl"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ApiConfig":
@@ -78,6 +79,7 @@ class ApiConfig:
             worker_slots=number("WORKER_SLOTS", int, d.worker_slots, 1),
             claim_s=number("CLAIM_S", float, d.claim_s, 0.5),
             max_attempts=number("MAX_ATTEMPTS", int, d.max_attempts, 1),
+            engine=_engine(get("ENGINE") or d.engine),
         )
 
 
@@ -85,4 +87,12 @@ def _redis_url(value: str) -> str:
     if value and not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{PREFIX}REDIS_URL={value!r} is not a Redis URL: use redis://host:6379/0 "
                          "(or rediss:// for TLS, unix:///path/to/redis.sock).")
+    return value
+
+
+def _engine(value: str) -> str:
+    from .workflow_fill import WORKFLOW_FILES
+
+    if value not in WORKFLOW_FILES:
+        raise ValueError(f"{PREFIX}ENGINE={value!r}: use one of {', '.join(WORKFLOW_FILES)}.")
     return value

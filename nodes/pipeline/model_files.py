@@ -28,7 +28,7 @@ class ModelSpec:
     size: str
     licence: str
     files: tuple[str, ...] = field(default_factory=tuple)  # required files when ``name`` is a folder
-    optional: bool = False
+    optional: bool = False  # not needed by the default workflows (model_swap*.json, FLUX.2 klein)
     # --- where the installer gets it (one of the two)
     repo: str = ""  # Hugging Face hub repo id
     repo_files: tuple[str, ...] = ()  # a file: its one path in the repo; a folder: glob patterns of its files
@@ -86,6 +86,7 @@ MODELS: dict[str, ModelSpec] = {
             source="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip"
             " (unzipped so the .onnx files sit directly in the folder)",
             size="about 360 MB",
+            optional=True,  # the SDXL workflows' (model_swap_sdxl*)
             licence="insightface pretrained models: non-commercial research only",
             url="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
             sha256="8e182f14fc6e80b3bfa375b33eb6cff7ee05d8ef7633e738d1c89021dcf0c5c5",
@@ -114,6 +115,7 @@ MODELS: dict[str, ModelSpec] = {
             files=("model_index.json", "unet/config.json", "vae/config.json"),
             source="https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
             size="about 7 GB (fp16 variant)",
+            optional=True,  # the SDXL workflows' (model_swap_sdxl*)
             licence="CreativeML Open RAIL++-M",
             repo="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
             repo_files=("model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*", "*/config.json",
@@ -141,6 +143,7 @@ MODELS: dict[str, ModelSpec] = {
             name="ip-adapter-faceid_sdxl.bin",
             source="https://huggingface.co/h94/IP-Adapter-FaceID",
             size="about 1.1 GB",
+            optional=True,  # the SDXL workflows' (model_swap_sdxl*)
             licence="non-commercial research (uses insightface embeddings)",
             repo="h94/IP-Adapter-FaceID",
             repo_files=("ip-adapter-faceid_sdxl.bin",),
@@ -224,12 +227,12 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/black-forest-labs/FLUX.2-klein-4B",
             size="about 16 GB",
             licence="Apache-2.0",
+            optional=True,
             repo="black-forest-labs/FLUX.2-klein-4B",
             repo_files=("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "transformer/*", "vae/*"),
             inputs=("KleinLoader.model", "PipelineLoader.model"),
             match="klein",
             covers=("KleinLoader.text_encoder", "KleinLoader.vae"),
-            engines=("flux2_klein",),
         ),
         ModelSpec(
             key="flux2_klein_transformer",
@@ -239,7 +242,7 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/Comfy-Org/Flux-2-Klein-4B (split_files/diffusion_models)",
             size="about 7.8 GB",
             licence="Apache-2.0",
-            optional=True,
+            engines=("flux2_klein",),
             repo="Comfy-Org/Flux-2-Klein-4B",
             repo_files=("split_files/diffusion_models/flux-2-klein-4b.safetensors",),
             inputs=("KleinLoader.model", "UNETLoader.unet_name", "PipelineLoader.model"),
@@ -253,7 +256,7 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/Comfy-Org/Flux-2-Klein-4B (split_files/text_encoders)",
             size="about 8.0 GB",
             licence="Apache-2.0",
-            optional=True,
+            engines=("flux2_klein",),
             repo="Comfy-Org/Flux-2-Klein-4B",
             repo_files=("split_files/text_encoders/qwen_3_4b.safetensors",),
             sha256="6c671498573ac2f7a5501502ccce8d2b08ea6ca2f661c458e708f36b36edfc5a",
@@ -268,7 +271,7 @@ MODELS: dict[str, ModelSpec] = {
             source="https://huggingface.co/Comfy-Org/Flux-2-Klein-4B (split_files/vae)",
             size="about 336 MB",
             licence="Apache-2.0",
-            optional=True,
+            engines=("flux2_klein",),
             repo="Comfy-Org/Flux-2-Klein-4B",
             repo_files=("split_files/vae/flux2-vae.safetensors",),
             sha256="868fe7b343cc8f3a19dbcfcafbc3d5f888802be3f89bd81b65b3621a066ce8f3",
