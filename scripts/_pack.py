@@ -1,7 +1,6 @@
-"""Import this repository as the package ``comfyui_model_swap``, whatever its folder is called.
-
-Inside ComfyUI the pack is imported by its folder name under custom_nodes/; scripts
-and tests use this fixed name instead.
+"""What the scripts share: the repository imported as the package ``comfyui_model_swap``, whatever its
+folder is called (inside ComfyUI the pack is imported by its folder name under custom_nodes/; scripts
+and tests use this fixed name instead), and the split of ComfyUI's own flags off a command line.
 """
 
 from __future__ import annotations
@@ -22,3 +21,11 @@ def import_pack():
         sys.modules[NAME] = module
         spec.loader.exec_module(module)
     return sys.modules[NAME]
+
+
+def split_comfy_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's arguments, ComfyUI's flags after the first ``--``)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []

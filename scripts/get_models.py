@@ -46,6 +46,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pack import split_comfy_args  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = ROOT / "workflows" / "model_swap_api.json"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_LICENCE = 0, 1, 2, 3, 4
@@ -330,13 +333,6 @@ def licence_ok(items, mf, args) -> bool:
         return answer in ("y", "yes")
     print("Run again with --accept-non-commercial to accept these licences and download them.", file=sys.stderr)
     return False
-
-
-def split_comfy_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
 
 
 def parser() -> argparse.ArgumentParser:

@@ -19,6 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pack import split_comfy_args  # noqa: E402
+
 
 def _runner():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,14 +29,6 @@ def _runner():
 
     _pack.import_pack()
     return importlib.import_module("comfyui_model_swap.nodes.workflow_runner")
-
-
-def split_comfy_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(this script's arguments, ComfyUI's flags after the first ``--``)."""
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
 
 
 def parser() -> argparse.ArgumentParser:
