@@ -294,12 +294,12 @@ def test_comfyui_serves_the_example_workflows_as_templates(server):
 
 
 def _missing_models_cases():
-    """Shipped editor workflows whose loaders name published single files, and the face-reference
-    one with the CLIP ViT-H encoder chosen (a published file the tiny models lack)."""
+    """Shipped editor workflows whose loaders name published single files (the FLUX.2 klein defaults), and
+    the SDXL face-reference one with the CLIP ViT-H encoder chosen (a published file the tiny models lack)."""
     cases = [(p.stem, load_json(p)) for p in UI_WORKFLOWS
              if any(n.get("properties", {}).get("models") for n in load_json(p)["nodes"])]
-    ui = load_json(WORKFLOWS / "model_swap_face_reference.json")
-    api = load_json(WORKFLOWS / "model_swap_face_reference_api.json")
+    ui = load_json(WORKFLOWS / "model_swap_sdxl_face_reference.json")
+    api = load_json(WORKFLOWS / "model_swap_sdxl_face_reference_api.json")
     (loader,) = [n for n in ui["nodes"] if n["type"] == "ModelSwap_PipelineLoader"]
     inputs = api[str(loader["id"])]["inputs"]
     loader["widgets_values"][list(k for k, v in inputs.items() if not isinstance(v, list)).index("clip_vision")] = CLIP_H
@@ -310,20 +310,29 @@ def _missing_models_cases():
 
 @pytest.mark.parametrize("name,workflow", _missing_models_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_missing_models_dialog_lists_absent_files_with_their_download_links(page, server, name, workflow):
-    expected = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])
-                if not (server.base_dir / "models" / m["directory"] / m["name"]).exists()]
-    assert expected, f"{name}: every file it lists is present in the test models"
-    ch.close_dialogs(page)
-    ch.load_workflow(page, workflow)
-    dialog = page.locator(".p-dialog", has_text="Missing Models")
-    dialog.wait_for(timeout=30_000)
-    text = dialog.inner_text()
-    links = page.evaluate("() => [...document.querySelectorAll('.p-dialog [title]')].map(e => e.title)")
-    for model in expected:
-        assert f"{model['directory']} / {model['name']}" in text
-        assert model["url"] in links
-    ch.screenshot(page, name=f"editor_missing_models_{name}")
-    ch.close_dialogs(page)
+    """The workflow opened on a ComfyUI whose models folder lacks the files it names (the tiny copies are
+    moved aside for the test) shows the frontend's missing-models dialog with each file's hub link."""
+    expected = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])]
+    assert expected, f"{name}: no loader lists its models"
+    present = [server.base_dir / "models" / m["directory"] / m["name"] for m in expected]
+    present = [p for p in present if p.exists()]
+    for path in present:
+        path.rename(path.with_name(path.name + ".moved-aside"))
+    try:
+        ch.close_dialogs(page)
+        ch.load_workflow(page, workflow)
+        dialog = page.locator(".p-dialog", has_text="Missing Models")
+        dialog.wait_for(timeout=30_000)
+        text = dialog.inner_text()
+        links = page.evaluate("() => [...document.querySelectorAll('.p-dialog [title]')].map(e => e.title)")
+        for model in expected:
+            assert f"{model['directory']} / {model['name']}" in text
+            assert model["url"] in links
+        ch.screenshot(page, name=f"editor_missing_models_{name}")
+        ch.close_dialogs(page)
+    finally:
+        for path in present:
+            path.with_name(path.name + ".moved-aside").rename(path)
 
 
 def test_templates_browser_lists_the_example_workflows(page):
