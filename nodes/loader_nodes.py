@@ -33,7 +33,9 @@ class PipelineLoader(io.ComfyNode):
             display_name="Model Swap Pipeline Loader",
             category=glue.CATEGORY,
             description="Loads the SDXL inpainting pipeline (diffusers folder or single-file SDXL checkpoint), "
-                        "an optional ControlNet and the optional IP-Adapter FaceID for face references.",
+                        "an optional ControlNet and the optional IP-Adapter FaceID for face references. Folders and "
+                        ".bin files the frontend cannot download: python scripts/get_models.py --workflow "
+                        "workflows/model_swap_sdxl_face_reference_api.json (in the pack's folder).",
             inputs=[
                 io.Combo.Input("model", options=glue.with_default(models, default), default=default,
                                tooltip="SDXL inpainting model: a folder in models/diffusers or an SDXL checkpoint "
@@ -91,7 +93,9 @@ class HumanParserLoader(io.ComfyNode):
             node_id=f"{glue.PACK}_HumanParserLoader",
             display_name="Model Swap Human Parser Loader",
             category=glue.CATEGORY,
-            description="Loads FASHN's SegFormer-B4 human parser (18 classes) from models/human_parsing.",
+            description="Loads FASHN's SegFormer-B4 human parser (18 classes) from models/human_parsing. A folder the "
+                        "frontend cannot download: python scripts/get_models.py --model human_parser (in the pack's "
+                        "folder).",
             inputs=[
                 io.Combo.Input("parser", options=glue.with_default(
                     glue.list_subfolders("human_parsing", "config.json"), default), default=default,
@@ -117,7 +121,9 @@ class InsightFaceLoader(io.ComfyNode):
             node_id=f"{glue.PACK}_InsightFaceLoader",
             display_name="Model Swap InsightFace Loader",
             category=glue.CATEGORY,
-            description="Loads an insightface model pack (antelopev2 or buffalo_l) from models/insightface/models.",
+            description="Loads an insightface model pack (antelopev2 or buffalo_l) from models/insightface/models. "
+                        "A zip the frontend cannot download: python scripts/get_models.py --model antelopev2 (in "
+                        "the pack's folder).",
             inputs=[
                 io.Combo.Input("pack", options=glue.with_default(
                     glue.list_subfolders("insightface", "*.onnx", sub="models"), default), default=default,
@@ -206,7 +212,9 @@ class OpenCVFaceLoader(io.ComfyNode):
             display_name="Model Swap OpenCV Face Loader (YuNet + SFace)",
             category=glue.CATEGORY,
             description="Licence-clean face analysis: OpenCV's YuNet detector (MIT) and SFace recogniser "
-                        "(Apache-2.0) from models/facedetection. No age/sex model: set 'person' on the sampler.",
+                        "(Apache-2.0) from models/facedetection. No age/sex model: set 'person' on the sampler. "
+                        "Files the frontend cannot download: python scripts/get_models.py --model yunet --model sface "
+                        "(in the pack's folder).",
             inputs=[
                 io.Int.Input("det_size", default=640, min=128, max=2048, step=32,
                              tooltip="Images are detected with their long side scaled down to this size."),
