@@ -5,8 +5,8 @@ and ending is a compare-and-set), either instance answers every status and serve
 and killing one instance (``kill -9``) while it holds jobs loses none: their claims expire after
 ``MODELSWAP_API_CLAIM_S`` and the other instance runs them.
 
-``python tests/test_api_redis.py`` measures predictions per minute with one and with two instances
-(the README's benchmark line); it is not a test.
+``python tests/test_api_redis.py [N]`` measures predictions per minute with one and with two instances
+(N predictions each, default 20; the README's benchmark line); it is not a test.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_harness  # noqa: E402
 from test_api_comfyui import DIRECT, KEY, NETGUARD, PHOTO, data_uri, faceless, png_bytes, raw  # noqa: E402
 
-CLAIM_S = 3
+CLAIM_S = 10  # a dead instance's jobs are taken over after this; renewed every third of it
 PREFIX = "msapi-test"
 
 
@@ -174,7 +174,7 @@ def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_ki
     finals = wait_all(second, ids)
     elapsed = time.monotonic() - started
     print(f"redis: 40 predictions on 2 instances (one killed holding {len(held_ids)}) in {elapsed:.1f} s")
-    assert [f["status"] for f in finals.values()] == ["completed"] * 40, finals
+    assert [f["status"] for f in finals.values()] == ["completed"] * 40, [f["error"] for f in finals.values()]
     assert all(finals[pid]["status"] == "completed" for pid in held_ids)
     assert int(redis_server.client.get(f"{PREFIX}:ended")) == 40  # each ended exactly once
     assert redis_server.client.xlen(f"{PREFIX}:jobs") == 0 and redis_server.client.scard(f"{PREFIX}:unfinished") == 0
@@ -210,4 +210,4 @@ def benchmark(count: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    benchmark()
+    benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 20)

@@ -180,6 +180,9 @@ class FashnApi:
 
     async def run_job(self, prediction: Prediction) -> None:
         """Run one prediction to its end (a worker's whole job); any failure ends the prediction."""
+        if prediction.id in self._ended:  # already running here (a job delivered twice): wait for that run
+            await asyncio.shield(self._ended[prediction.id])
+            return
         ended = self._ended[prediction.id] = asyncio.get_running_loop().create_future()
         prediction.attempts += 1
         if prediction.attempts > self.config.max_attempts:

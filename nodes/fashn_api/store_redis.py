@@ -163,7 +163,8 @@ class RedisStore:
             try:
                 reply = await self.redis.xautoclaim(self.key("jobs"), GROUP, self.consumer, self.claim_ms, "0-0",
                                                     count=1)
-                entries = [e for e in (reply[1] if len(reply) > 1 else []) if e and e[1]]
+                # an entry of this worker's own is only late in being renewed (a busy event loop)
+                entries = [e for e in (reply[1] if len(reply) > 1 else []) if e and e[1] and e[0] not in self._held]
                 if entries:
                     log.warning("model-swap API: taking over job %s whose worker stopped renewing its claim",
                                 entries[0][1].get(b"id", b"?").decode())
