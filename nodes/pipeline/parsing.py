@@ -7,12 +7,14 @@ post-processing (bilinear upsampling of the logits to the input size, then
 argmax). The weights are loaded only from a local folder; nothing here ever
 contacts a model hub.
 
-Two exact rewrites make it faster than FASHN's own ``fashn-human-parser`` on
-the same weights (``scripts/benchmark.py`` measures both): the decode head's
-linear layers are folded into one small matrix per encoder stage (see
-:class:`_FoldedDecodeHead`), and the full-size argmax blends all 18 classes
-only at class boundaries (see :func:`upsampled_argmax`). Labels differ from
-FASHN's only where two classes tie to float rounding.
+Three rewrites with the same arithmetic make it faster than FASHN's own
+``fashn-human-parser`` on the same weights (``scripts/benchmark.py`` measures
+both): the decode head's linear layers are folded into one small matrix per
+encoder stage (see :class:`_FoldedDecodeHead`), the encoder's per-block
+convolutions run channels-last without layout copies (see
+:func:`_use_channels_last_token_convs`), and the full-size argmax blends all 18
+classes only at class boundaries (see :func:`upsampled_argmax`). Labels differ
+from FASHN's only where two classes tie to float rounding.
 """
 
 from __future__ import annotations
