@@ -22,6 +22,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # the benchmark, outside pytest: make the pack importable as conftest.py does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import _pack
+
+    _pack.import_pack()
 
 import comfy_harness  # noqa: E402
 from test_api_comfyui import DIRECT, KEY, NETGUARD, PHOTO, data_uri, faceless, png_bytes, raw  # noqa: E402
