@@ -108,21 +108,21 @@ def wanted(args, wr, mf) -> list[Item]:
     return unique
 
 
-def source_of(mf, key: str) -> tuple[str, str]:
-    """(url, sha256) of a file published outside the hub, after any MODEL_SWAP_PINS override."""
-    spec = mf.MODELS[key]
+def source_of(spec) -> tuple[str, str]:
+    """(url, sha256) of a registry entry after any MODEL_SWAP_PINS override: a mirror's url and hash for
+    a file published outside the hub, or just the hash for a hub file served by a mirror."""
     pins_file = os.environ.get("MODEL_SWAP_PINS")
     if pins_file:
         try:
             pins = json.loads(Path(pins_file).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InstallError(f"MODEL_SWAP_PINS={pins_file}: cannot read it as JSON ({exc})", EXIT_USAGE) from exc
-        if key in pins:
-            pin = pins[key]
-            if not pin.get("url") or len(pin.get("sha256", "")) != 64:
-                raise InstallError(f"MODEL_SWAP_PINS: the entry for {key} needs 'url' and a 64-digit 'sha256'",
-                                   EXIT_USAGE)
-            return pin["url"], pin["sha256"].lower()
+        if spec.key in pins:
+            pin = pins[spec.key]
+            if (spec.url and not pin.get("url")) or len(pin.get("sha256", "")) != 64:
+                raise InstallError(f"MODEL_SWAP_PINS: the entry for {spec.key} needs a 64-digit 'sha256'"
+                                   + (" and 'url'" if spec.url else ""), EXIT_USAGE)
+            return pin.get("url", spec.url), pin["sha256"].lower()
     return spec.url, spec.sha256
 
 
@@ -190,7 +190,7 @@ def fetch_hub_file(spec, path_in_repo: str, target: Path, staging: Path, token, 
     if meta.size is not None and downloaded.stat().st_size != meta.size:
         problem = f"{downloaded.stat().st_size} bytes instead of {meta.size}"
     else:
-        expected = spec.sha256 if not spec.is_folder and spec.sha256 else ""
+        expected = source_of(spec)[1] if not spec.is_folder else ""
         etag = (meta.etag or "").strip('"').lower()
         expected = expected or (etag if len(etag) == 64 else "")  # LFS files: the etag is their SHA-256
         if expected:
@@ -288,7 +288,7 @@ def unpack(zip_path: Path, spec, name: str, folder: Path) -> None:
 
 
 def install_from_url(mf, spec, name: str, folder: Path, staging: Path, report) -> int:
-    url, sha = source_of(mf, spec.key)
+    url, sha = source_of(spec)
     staging.mkdir(parents=True, exist_ok=True)
     part = staging / f"{spec.key}-{Path(url).name}.part"
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):

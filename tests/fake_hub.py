@@ -177,6 +177,8 @@ def repos_from_models(models_dir: Path, model_files, hub_url_slot: str = "{hub}"
         repo = repos.setdefault(spec.repo, {})
         if not spec.is_folder:
             repo[spec.repo_files[0]] = local.read_bytes()
+            if spec.sha256:  # the registry pins the published file's hash: pin the tiny stand-in's instead
+                pins[spec.key] = {"sha256": hashlib.sha256(repo[spec.repo_files[0]]).hexdigest()}
             continue
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             rel = file.relative_to(local).as_posix()

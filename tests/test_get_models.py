@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALLER = ROOT / "scripts" / "get_models.py"
 DEFAULT = ROOT / "workflows" / "model_swap_api.json"
 WITH_REFERENCE = ROOT / "workflows" / "model_swap_face_reference_api.json"
+SDXL = ROOT / "workflows" / "model_swap_sdxl_api.json"  # a diffusers folder (fp16 variant) and a zip
+SDXL_WITH_REFERENCE = ROOT / "workflows" / "model_swap_sdxl_face_reference_api.json"
 API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
 NOT_MODELS = {"device", "dtype", "offload"}
 
@@ -33,7 +35,7 @@ def hub(tiny_models_dir, tmp_path_factory):
     repos, files, pins = fake_hub.repos_from_models(tiny_models_dir, model_files)
     with fake_hub.FakeHub(repos, files) as server:
         pins_file = tmp_path_factory.mktemp("pins") / "pins.json"
-        pins_file.write_text(json.dumps({k: {**v, "url": v["url"].replace("{hub}", server.url)}
+        pins_file.write_text(json.dumps({k: {**v, **({"url": v["url"].replace("{hub}", server.url)} if "url" in v else {})}
                                          for k, v in pins.items()}))
         server.pins_file = pins_file
         server.home = tmp_path_factory.mktemp("hf-home")
@@ -145,9 +147,9 @@ def test_model_folders_follow_base_directory_and_extra_model_paths(tmp_path):
 def test_fresh_folder_ends_complete_and_a_second_run_downloads_nothing(hub, tmp_path):
     models = tmp_path / "models"
     hub.gets.clear()
-    done = install(hub, "--workflow", WITH_REFERENCE, "--models-dir", models, "--accept-non-commercial")
+    done = install(hub, "--workflow", SDXL_WITH_REFERENCE, "--models-dir", models, "--accept-non-commercial")
     assert done.returncode == 0, done.stderr
-    graph = wr.load_workflow(WITH_REFERENCE)
+    graph = wr.load_workflow(SDXL_WITH_REFERENCE)
     assert wr.missing_models(graph, [models]) == []
     assert not (models / ".model-swap-downloads").exists()
     fetched = {path for _, path in hub.gets}
@@ -160,7 +162,7 @@ def test_fresh_folder_ends_complete_and_a_second_run_downloads_nothing(hub, tmp_
 
     stamp = {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()}
     hub.gets.clear()
-    again = install(hub, "--workflow", WITH_REFERENCE, "--models-dir", models)  # no licence question either
+    again = install(hub, "--workflow", SDXL_WITH_REFERENCE, "--models-dir", models)  # no licence question either
     assert again.returncode == 0, again.stderr
     assert sum(hub.gets.values()) == 0
     assert {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()} == stamp
@@ -176,22 +178,22 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
     hub.cut = {weights, ("files", "antelopev2.zip")}
     hub.ranges.clear()
     hub.gets.clear()
-    first = install(hub, "--workflow", DEFAULT, "--models-dir", models, "--accept-non-commercial")
+    first = install(hub, "--workflow", SDXL, "--models-dir", models, "--accept-non-commercial")
     assert first.returncode == 1, first.stderr
     assert "antelopev2" in first.stderr and "Run again to resume" in first.stderr
     assert hub.gets[weights] == 2  # cut, then fetched again by the hub client
     unet = models / "diffusers" / weights[0].split("/")[1] / weights[1]
     assert unet.read_bytes() == hub.repos[weights[0]][weights[1]]
-    missing = wr.missing_models(wr.load_workflow(DEFAULT), [models])
+    missing = wr.missing_models(wr.load_workflow(SDXL), [models])
     assert len(missing) == 1 and "antelopev2" in missing[0]
     (part,) = (models / ".model-swap-downloads").glob("*.part")
     assert 0 < part.stat().st_size < len(hub.files["antelopev2.zip"])
     already = part.stat().st_size
 
-    second = install(hub, "--workflow", DEFAULT, "--models-dir", models, "--accept-non-commercial")
+    second = install(hub, "--workflow", SDXL, "--models-dir", models, "--accept-non-commercial")
     assert second.returncode == 0, second.stderr
     assert "resuming" in second.stderr
-    assert wr.missing_models(wr.load_workflow(DEFAULT), [models]) == []
+    assert wr.missing_models(wr.load_workflow(SDXL), [models]) == []
     assert hub.ranges == [("files", "antelopev2.zip", already)]
     assert hub.gets[weights] == 2  # the finished file was not fetched again
 

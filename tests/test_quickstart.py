@@ -69,7 +69,7 @@ def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_jo
     repos, files, pins = fake_hub.repos_from_models(tiny_models_dir, model_files)
     with fake_hub.FakeHub(repos, files) as hub:
         (tmp_path / "pins.json").write_text(json.dumps(
-            {k: {**v, "url": v["url"].replace("{hub}", hub.url)} for k, v in pins.items()}))
+            {k: {**v, **({"url": v["url"].replace("{hub}", hub.url)} if "url" in v else {})} for k, v in pins.items()}))
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
         env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="0",
                    MODEL_SWAP_PINS=str(tmp_path / "pins.json"), NO_PROXY="127.0.0.1,localhost",

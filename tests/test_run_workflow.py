@@ -37,9 +37,10 @@ def test_missing_models_stop_at_once_with_the_download_list(tmp_path, photos, ca
                               "http://127.0.0.1:9", "--models-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == wr.EXIT_MISSING_MODELS
-    for text in (f"{tmp_path}/diffusers/", "stable-diffusion-xl-1.0-inpainting-0.1", f"{tmp_path}/human_parsing/",
-                 f"{tmp_path}/insightface/models/", "antelopev2", f"{tmp_path}/ipadapter/", "ip-adapter-faceid_sdxl.bin",
-                 "huggingface.co/h94/IP-Adapter-FaceID", "scripts/get_models.py"):
+    for text in (f"{tmp_path}/diffusion_models/", "flux-2-klein-4b.safetensors", f"{tmp_path}/text_encoders/",
+                 "qwen_3_4b.safetensors", f"{tmp_path}/vae/", "flux2-vae.safetensors", f"{tmp_path}/human_parsing/",
+                 f"{tmp_path}/facedetection/", "face_detection_yunet_2023mar.onnx", "huggingface.co/Comfy-Org",
+                 "scripts/get_models.py"):
         assert text in err
     assert not (tmp_path / "out").exists()
 
@@ -60,7 +61,7 @@ def test_readme_form_with_comfyui_flags_after_double_dash_parses_and_checks_mode
                               "--comfyui", str(fake_comfyui), "--", "--cpu"])
     err = capsys.readouterr().err
     assert code == wr.EXIT_MISSING_MODELS == 3, err
-    assert f"{fake_comfyui / 'models' / 'diffusers'}/" in err
+    assert f"{fake_comfyui / 'models' / 'diffusion_models'}/" in err
 
 
 def test_base_directory_given_to_comfyui_is_where_the_models_are_looked_up(fake_comfyui, photos, tmp_path,
@@ -90,7 +91,8 @@ def test_usage_errors_exit_2(photos, tmp_path, capsys):
 def test_installed_models_pass_the_check(tiny_models_dir):
     graph = wr.load_workflow(WITH_REFERENCE)
     assert wr.missing_models(graph, [tiny_models_dir]) == []
-    assert len(wr.required_models(graph)) == 4
+    # FLUX.2 klein's three single files, the human parser, YuNet and SFace
+    assert len(wr.required_models(graph)) == 6
 
 
 def test_overrides_fill_images_seed_count_prompt_and_mode():
