@@ -31,6 +31,7 @@ if __name__ == "__main__":  # the benchmark, outside pytest: make the pack impor
 import comfy_harness  # noqa: E402
 from test_api_comfyui import DIRECT, KEY, NETGUARD, PHOTO, data_uri, faceless, png_bytes, raw  # noqa: E402
 
+PREDICTIONS = 40  # as issue 10 asks; about 6 s each on the 2-core CI machine
 CLAIM_S = 10  # a dead instance's jobs are taken over after this; renewed every third of it
 PREFIX = "msapi-test"
 
@@ -158,7 +159,7 @@ def cluster(tmp_path_factory, tiny_models_dir):
 def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_killed(cluster):
     redis_server, (first, second) = cluster
     started = time.monotonic()
-    ids = submit([first, second], 40)
+    ids = submit([first, second], PREDICTIONS)
     victim = consumer_of(first)
     end = time.monotonic() + 1200  # only against a hang: CPU runs of the tiny models are slow
     while int(redis_server.client.get(f"{PREFIX}:ended") or 0) < 2 and time.monotonic() < end:
@@ -178,12 +179,12 @@ def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_ki
     first.stop()
     finals = wait_all(second, ids)
     elapsed = time.monotonic() - started
-    print(f"redis: 40 predictions on 2 instances (one killed holding {len(held_ids)}) in {elapsed:.1f} s")
-    assert [f["status"] for f in finals.values()] == ["completed"] * 40, [f["error"] for f in finals.values()]
+    print(f"redis: {PREDICTIONS} predictions on 2 instances (one killed holding {len(held_ids)}) in {elapsed:.1f} s")
+    assert [f["status"] for f in finals.values()] == ["completed"] * PREDICTIONS, [f["error"] for f in finals.values()]
     assert all(finals[pid]["status"] == "completed" for pid in held_ids)
-    assert int(redis_server.client.get(f"{PREFIX}:ended")) == 40  # each ended exactly once
+    assert int(redis_server.client.get(f"{PREFIX}:ended")) == PREDICTIONS  # each ended exactly once
     assert redis_server.client.xlen(f"{PREFIX}:jobs") == 0 and redis_server.client.scard(f"{PREFIX}:unfinished") == 0
-    assert len({f["output"][0] for f in finals.values()}) == 40
+    assert len({f["output"][0] for f in finals.values()}) == PREDICTIONS
     for pid in ids[::5]:  # URL outputs are served by the instance that is left, whoever made them
         url = finals[pid]["output"][0]
         with DIRECT.open(second.url + "/v1/" + url.split("/v1/", 1)[1], timeout=30) as response:
