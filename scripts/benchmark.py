@@ -329,35 +329,14 @@ def nongen_group(ctx: Context) -> list[Case]:
     ]
 
 
-def _full_size_sdxl_folder(folder: Path, dtype) -> Path:
-    """Full-size SDXL inpainting architecture from the shipped configs, random weights."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+def _engines():
+    """scripts/_bench_engines.py, the generation groups, with this module as its kit."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    import _bench_engines
 
-    from comfyui_model_swap.nodes.pipeline.engines import sdxl
-
-    cfg = sdxl.CONFIG_DIR
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"), in_channels=9).to(dtype)
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
-        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")).to(dtype)
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2")).to(dtype)
-    for m in (unet, vae, te1, te2):
-        with torch.no_grad():
-            for p in m.parameters():
-                p.mul_(0.1)  # keep random activations finite in fp16
-    sched = EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(cfg / "scheduler"))
-    tok = CLIPTokenizer.from_pretrained(cfg / "tokenizer", local_files_only=True)
-    tok2 = CLIPTokenizer.from_pretrained(cfg / "tokenizer_2", local_files_only=True)
-    pipe = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
-                                            tokenizer_2=tok2, unet=unet, scheduler=sched)
-    out = folder / "diffusers" / "stable-diffusion-xl-1.0-inpainting-0.1"
-    pipe.save_pretrained(out, safe_serialization=True, variant="fp16" if dtype == torch.float16 else None)
-    del pipe, unet, vae, te1, te2
-    torch.cuda.empty_cache()
-    return out
+    _bench_engines.bench = sys.modules[__name__]
+    return _bench_engines
 
 
 def swap_group(ctx: Context) -> list[Case]:
@@ -374,7 +353,7 @@ def swap_group(ctx: Context) -> list[Case]:
     ctx.analyzer()  # the insightface pack under ctx.root
     start = time.perf_counter()
     if ctx.device == "cuda":
-        _full_size_sdxl_folder(ctx.root, torch.float16)
+        _engines().full_size_sdxl_folder(ctx.root, torch.float16)
     else:
         tiny_sdxl.build_sdxl_inpaint_folder(ctx.root / "diffusers" / "stable-diffusion-xl-1.0-inpainting-0.1")
     built = time.perf_counter() - start
@@ -405,12 +384,24 @@ def swap_group(ctx: Context) -> list[Case]:
     return [Case("swap", "whole swap (sdxl)", logged(lambda: pipe.run(ctx.image, options), log), summary=stages)]
 
 
-# name -> (group builder, repetitions option). Engine comparisons (whole swap vs the bare diffusers
-# call, 1 vs 4 images, generation modes, engines) register here the same way.
+# name -> (group builder, repetitions option).
 GROUPS: dict[str, tuple[Callable[[Context], list[Case]], str]] = {
     "parse": (parse_group, "runs"),
     "nongen": (nongen_group, "runs"),
     "swap": (swap_group, "swap_runs"),
+    "engine": (lambda ctx: _engines().engine_group(ctx), "runs"),
+    "batch": (lambda ctx: _engines().batch_group(ctx), "runs"),
+    "modes": (lambda ctx: _engines().modes_group(ctx), "swap_runs"),
+}
+SUITE = ("parse", "engine", "batch", "modes")
+# Defaults of the options a suite sets differently: (plain run, CPU suite, CUDA suite). The CPU suite is
+# sized for a test (tiny models, small pictures, one timed round); the CUDA one for < 8 minutes on an H100.
+DEFAULTS = {
+    "runs": (5, 1, 2),
+    "swap_runs": (2, 1, 1),
+    "photo": ((864, 1216), (128, 160), (864, 1216)),
+    "parser": ("full", "tiny", "full"),
+    "gen_size": (256, 128, 1024),
 }
 
 
@@ -430,24 +421,42 @@ def _size(text: str) -> tuple[int, int]:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--only", default=",".join(GROUPS),
+    ap.add_argument("--only", default=None,
                     help=f"comma-separated groups to run (default: all of {', '.join(GROUPS)})")
-    ap.add_argument("--runs", type=int, default=5, help="timed repetitions per row after one warm-up round")
-    ap.add_argument("--swap-runs", type=int, default=2, help="timed repetitions of the whole SDXL swap")
-    ap.add_argument("--photo", type=_size, default=(864, 1216), help="photo WIDTHxHEIGHT (default 864x1216, 1.05 MP)")
+    ap.add_argument("--suite", action="store_true",
+                    help=f"the compact check: groups {', '.join(SUITE)} (unless --only), few rounds; on CPU tiny "
+                         "models and small pictures, on CUDA full-size models at 1 MP")
+    ap.add_argument("--engine", default="all", choices=("all", "sdxl", "flux2_klein"),
+                    help="engine(s) of the engine, batch and modes groups")
+    ap.add_argument("--gen-size", type=int, default=None,
+                    help="square side of the engine/batch/modes photo (default 256 CPU, 1024 CUDA; suite 128 CPU)")
+    ap.add_argument("--runs", type=int, default=None, help="timed repetitions per row after one warm-up round "
+                                                           "(default 5; suite 1 CPU, 2 CUDA)")
+    ap.add_argument("--swap-runs", type=int, default=None,
+                    help="timed repetitions of the whole swaps (swap, modes; default 2; suite 1)")
+    ap.add_argument("--photo", type=_size, default=None,
+                    help="parse/nongen photo WIDTHxHEIGHT (default 864x1216, 1.05 MP; CPU suite 128x160)")
     ap.add_argument("--size", type=int, default=None, help="square photo side instead of --photo (1024 = 1.05 MP)")
-    ap.add_argument("--parser", default="full", choices=("full", "tiny"),
-                    help="random-weight SegFormer to build: B4 as FASHN's (default) or a tiny one")
+    ap.add_argument("--parser", default=None, choices=("full", "tiny"),
+                    help="random-weight SegFormer to build: B4 as FASHN's (default) or a tiny one (CPU suite)")
     ap.add_argument("--parser-folder", default=None, help="use this parser folder instead of building one")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--steps", type=int, default=None, help="swap sampling steps (default: 2 on CPU, 30 on CUDA)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="sampling steps (default: swap 2 on CPU, 30 on CUDA; engine groups the mode's steps)")
     ap.add_argument("--num-images", type=int, default=1)
     ap.add_argument("--refine-size", type=int, default=None,
                     help="FaceRefine working size for the swap (default 1024 CUDA, 256 CPU)")
     ap.add_argument("--json", default=None, help="also write the table and its samples to this JSON file")
     args = ap.parse_args(argv)
+    column = 0 if not args.suite else 2 if args.device == "cuda" else 1
+    for key, values in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, values[column])
     if args.size is not None:
         args.photo = (args.size, args.size)
+    if args.gen_size < 64 or args.gen_size % 16:
+        ap.error(f"--gen-size {args.gen_size}: give a multiple of 16, at least 64")
+    args.only = args.only or ",".join(SUITE if args.suite else GROUPS)
     args.only = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in args.only if g not in GROUPS]
     if unknown:
@@ -487,7 +496,8 @@ def run(args) -> dict:
             cases = build(ctx)
             measure(cases, getattr(args, runs_option), progress=True)
             rows.extend(rows_of(cases))
-    meta = {"device": args.device, "photo": f"{ctx.width}x{ctx.height}",
+    meta = {"device": args.device, "photo": f"{ctx.width}x{ctx.height}", "suite": args.suite,
+            "gen_photo": f"{args.gen_size}x{args.gen_size}",
             "megapixels": round(ctx.width * ctx.height / 1e6, 3), "runs": args.runs, "groups": args.only,
             "machine": machine(args.device), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **ctx.meta}
@@ -500,7 +510,10 @@ def main(argv=None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("CUDA is not available on this machine; run without --device cuda.", file=sys.stderr)
+            print("benchmark: --device cuda was asked but CUDA is not available here (torch "
+                  f"{torch.__version__}, torch.cuda.is_available() is False); nothing was run. Run it on a machine "
+                  "with an NVIDIA GPU and a CUDA build of torch, or leave out --device cuda for the CPU benchmark.",
+                  file=sys.stderr)
             return 2
     doc = run(args)
     meta = doc["meta"]
@@ -512,6 +525,8 @@ def main(argv=None) -> int:
     for key in ("parser", "swap"):
         if key in meta:
             print(f"{key}: {meta[key]}")
+    for name, what in meta.get("engines", {}).items():
+        print(f"engine {name}: {what}")
     print()
     print(doc["table_markdown"])
     print(f"\npeak process RSS: {meta['peak_rss_mib']:.0f} MiB")

@@ -73,3 +73,68 @@ def test_unknown_group_is_refused_with_the_known_ones(benchmark, capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--only", "parse,warp"])
     assert "warp" in capsys.readouterr().err and "nongen" in benchmark.GROUPS
+
+
+def test_cpu_suite_times_both_engines_against_the_bare_diffusers_call_in_one_table(benchmark, tmp_path, capsys):
+    # The suite's CPU form on the tiny models, at the smallest size and one step, so it stays quick;
+    # the same code paths run on CUDA with the full-size architectures.
+    out = tmp_path / "suite.json"
+    code = benchmark.main(["--suite", "--steps", "1", "--gen-size", "64", "--photo", "64x80", "--threads", "1",
+                           "--json", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert doc["table_markdown"] in printed
+    meta = doc["meta"]
+    assert meta["suite"] is True and meta["groups"] == ["parse", "engine", "batch", "modes"]
+    assert meta["gen_photo"] == "64x64" and set(meta["engines"]) == {"sdxl", "flux2_klein"}
+
+    rows = {(r["group"], r["case"]): r for r in doc["rows"]}
+    assert [g for g, _ in rows] == ["parse"] * 2 + ["engine"] * 6 + ["batch"] * 4 + ["modes"] * 6
+    for engine in ("sdxl", "flux2_klein"):
+        bare = rows["engine", f"bare diffusers call ({engine})"]
+        pack = rows["engine", f"pack generate ({engine})"]
+        swap = rows["engine", f"whole swap, balanced ({engine})"]
+        assert bare["baseline"] is None and bare["ratio"] is None
+        assert pack["baseline"] == bare["case"] and pack["ratio"] > 0
+        assert pack["target"] == 1.10 and isinstance(pack["met"], bool)
+        assert swap["baseline"] == bare["case"] and swap["ratio"] > 0
+        # The whole swap reports its stages, sampling and the face refine included.
+        assert {"garment_mask", "identity", "generate", "composite"} <= set(swap["extra"]["stages_s"])
+        four = rows["batch", f"4 images ({engine})"]
+        assert four["baseline"] == f"1 image ({engine})" and four["ratio"] > 0 and four["target"] == 2.5
+        fast = rows["modes", f"fast ({engine})"]
+        assert fast["ratio"] is None and "stages_s" in fast["extra"]
+        for mode in ("balanced", "quality"):
+            row = rows["modes", f"{mode} ({engine})"]
+            assert row["baseline"] == fast["case"] and row["ratio"] > 0
+    for row in doc["rows"]:
+        assert row["runs"] == 1 and 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
+    table = doc["table_markdown"].splitlines()
+    assert len(table) == 2 + len(rows) and all(line.count("|") == table[0].count("|") for line in table)
+
+
+def test_the_mode_settings_come_from_the_shipped_generation_modes(benchmark):
+    benchmark._import_pack()
+    engines = benchmark._engines()
+
+    class Ctx:
+        device = "cuda"  # full-size work sizes; nothing is built
+        args = benchmark.parse_args(["--suite"])
+
+    from comfyui_model_swap.nodes.fashn_api.workflow_fill import GENERATION_MODES
+
+    for engine in ("sdxl", "flux2_klein"):
+        for mode, want in GENERATION_MODES[engine].items():
+            options = engines.swap_options(Ctx, engine, mode)
+            assert (options.steps, options.refine.steps, options.refine.work_size) == (
+                want["steps"], want["refine_steps"], want["work_size"])
+
+
+def test_cuda_asked_without_cuda_exits_non_zero_with_a_clear_message(benchmark, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert benchmark.main(["--device", "cuda", "--suite"]) != 0
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "--device cuda" in err

@@ -268,15 +268,16 @@ class Flux2KleinEngine:
     def _exec_device(self):
         return self.pipe._execution_device
 
-    def encode_source(self, image: np.ndarray):
-        """The source's patchified VAE latents (mode, no sampling), shape (1, 4 * C, H / 16, W / 16)."""
+    def encode_source(self, image: np.ndarray, device=None):
+        """The source's patchified VAE latents (mode, no sampling), shape (1, 4 * C, H / 16, W / 16),
+        on ``device`` (default: the pipeline's execution device)."""
         import torch
         from PIL import Image
 
         height, width = image.shape[:2]
         pixels = self.pipe.image_processor.preprocess(Image.fromarray(image), height=height, width=width)
         with torch.inference_mode():
-            pixels = pixels.to(self._exec_device(), dtype=self.dtype)
+            pixels = pixels.to(device or self._exec_device(), dtype=self.dtype)
             latents = self.pipe.vae.encode(pixels).latent_dist.mode()
         return self.pipe._patchify_latents(latents)
 
@@ -304,9 +305,9 @@ class Flux2KleinEngine:
         if len(request.prompts) != len(seeds):
             raise InputValidationError(f"{len(request.prompts)} prompts for {len(seeds)} seeds: give one prompt per seed.")
         embeds = self.prompt_embeds(tuple(request.prompts))
-        source = self.encode_source(image)
         pipe = self.pipe
-        exec_device = self._exec_device()
+        exec_device = self._exec_device()  # diffusers walks every module for it (~6 ms on CPU): ask once
+        source = self.encode_source(image, exec_device)
         soft = not is_binary(mask)
         if soft:
             src_packed = pipe._pack_latents(self._normalized(source.to(exec_device, embeds.dtype)))
