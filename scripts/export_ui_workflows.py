@@ -45,221 +45,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
-EXAMPLES = ROOT / "example_workflows"
-THUMBNAIL = (512, 512)  # at most, aspect kept
-FRONTEND_SUFFIXES = (".safetensors", ".sft")  # what ComfyUI's missing-models dialog downloads
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-# The window the saved view (extra.ds) is fitted to, and the editor's viewport here.
-VIEW = (1920, 1080)
-VIEW_MARGIN = 40
-TOP_BAR = 90  # the frontend's tab bar and workflow breadcrumb overlay the top of the canvas
-LEFT_BAR = 80  # and its side bar the left
-MAX_SCALE = 1.0
-COLUMN_GAP = 60
-ROW_GAP = 50  # between one node's body and the next node's title bar
-LOADERS_DROP = 70  # the loader column starts lower: the image links above it stay in sight
-# Sizes [w, h] for nodes that show pictures or long text; others get their computed size,
-# widened to the column.
-SIZES = {
-    "LoadImage": (300, 330),
-    "SaveImage": (340, 400),
-    "ModelSwap_Sampler": (400, 420),
-}
-MIN_WIDTH = 300
+from _workflow_examples import (EXAMPLES, _import_pack, embedded_workflow, models_property,  # noqa: E402,F401
+                                repicture, sync_examples, thumbnail_bytes, ui_name, with_models, workflow_text)
+from _workflow_layout import VIEW, columns, fit_view, layout  # noqa: E402,F401
+
 SEED_CONTROL = "fixed"
-
-
-def _import_pack() -> None:
-    """tests/tiny_models.py imports the pack as ``comfyui_model_swap`` (its folder name varies)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import _pack
-
-    _pack.import_pack()
-
-
-def models_property(api_node: Mapping[str, Any]) -> list[dict]:
-    """``properties.models`` of one node: the published single files it names, for the frontend."""
-    from comfyui_model_swap.nodes import workflow_runner as wr
-
-    entries = []
-    for key, name in wr.required_models({"1": dict(api_node)}):
-        spec = wr.model_files.MODELS[key]
-        url = spec.download_url
-        if name == spec.name and not spec.is_folder and name.endswith(FRONTEND_SUFFIXES) \
-                and url.startswith("https://huggingface.co/"):
-            entries.append({"name": name, "url": url, "directory": spec.folder})
-    return entries
-
-
-def with_models(workflow: dict, api: Mapping[str, Any]) -> dict:
-    """``workflow`` with ``properties.models`` set on every node that names published files
-    (and removed from the others)."""
-    for node in workflow["nodes"]:
-        entries = models_property(api[str(node["id"])]) if str(node["id"]) in api else []
-        properties = node.setdefault("properties", {})
-        if entries:
-            properties["models"] = entries
-        else:
-            properties.pop("models", None)
-    return workflow
-
-
-def thumbnail_bytes(png: Path) -> bytes:
-    """A JPEG thumbnail of a workflow picture (the Templates browser shows ``<name>.jpg``)."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(png) as image:
-        image = image.convert("RGB")
-        image.thumbnail(THUMBNAIL, Image.LANCZOS)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=85, optimize=True)
-    return out.getvalue()
-
-
-def repicture(png: Path, workflow: Mapping[str, Any]) -> None:
-    """Put ``workflow`` into an existing picture's ``workflow`` text chunk (pixels unchanged)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    with Image.open(png) as image:
-        pixels = image.convert("RGB")
-    info = PngInfo()
-    info.add_text("workflow", json.dumps(workflow, separators=(",", ":")))
-    pixels.save(png, pnginfo=info, optimize=True)
-
-
-def sync_examples(check: bool = False) -> list[Path]:
-    """Bring ``properties.models`` of ``workflows/<name>.json`` (and its picture) and
-    ``example_workflows/`` in step with the API files; returns the files out of step
-    (with ``check``, written otherwise)."""
-    _import_pack()
-    stale = []
-    wanted: dict[Path, bytes] = {}
-    for api_path in sorted(WORKFLOWS.glob("*_api.json")):
-        name = ui_name(api_path)
-        ui_path, png = WORKFLOWS / f"{name}.json", WORKFLOWS / f"{name}.png"
-        if not ui_path.is_file():
-            continue
-        current = ui_path.read_text()
-        workflow = with_models(json.loads(current), json.loads(api_path.read_text()))
-        text = workflow_text(workflow)
-        if text != current:
-            stale.append(ui_path)
-            if not check:
-                ui_path.write_text(text)
-        if png.is_file() and embedded_workflow(png) != workflow:
-            stale.append(png)
-            if not check:
-                repicture(png, workflow)
-        wanted[EXAMPLES / f"{name}.json"] = text.encode()
-        if png.is_file():
-            wanted[EXAMPLES / f"{name}.jpg"] = thumbnail_bytes(png)
-    present = set(EXAMPLES.glob("*")) if EXAMPLES.is_dir() else set()
-    for path in sorted(present - set(wanted)):
-        stale.append(path)
-        if not check:
-            path.unlink()
-    for path, content in wanted.items():
-        if not path.is_file() or path.read_bytes() != content:
-            stale.append(path)
-            if not check:
-                path.parent.mkdir(exist_ok=True)
-                path.write_bytes(content)
-    return stale
-
-
-def ui_name(api_path: Path) -> str:
-    """``model_swap_api.json`` -> ``model_swap``."""
-    stem = api_path.stem
-    return stem[: -len("_api")] if stem.endswith("_api") else stem
-
-
-# --------------------------------------------------------------------- layout
-def _links(api: Mapping[str, Any]) -> list[tuple[str, str, int]]:
-    """``(source id, target id, target input index)`` of every link, inputs in file order."""
-    found = []
-    for target, node in api.items():
-        for index, value in enumerate(node.get("inputs", {}).values()):
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) in api:
-                found.append((str(value[0]), str(target), index))
-    return found
-
-
-def columns(api: Mapping[str, Any]) -> dict[str, int]:
-    """Column of every node: LoadImage sources 0, other sources (loaders) 1, every other node
-    one right of its furthest-right source (so the chain flows left to right)."""
-    links = _links(api)
-    sources = {str(n): {s for s, t, _ in links if t == str(n)} for n in api}
-    col: dict[str, int] = {}
-
-    def place(node_id: str) -> int:
-        if node_id not in col:
-            if not sources[node_id]:
-                col[node_id] = 0 if api[node_id]["class_type"] == "LoadImage" else 1
-            else:
-                col[node_id] = max(max(place(s) for s in sources[node_id]) + 1, 2)
-        return col[node_id]
-
-    for node_id in api:
-        place(str(node_id))
-    return col
-
-
-def layout(api: Mapping[str, Any], sizes: Mapping[str, tuple[float, float]], title_height: float) -> dict[str, dict]:
-    """``{node id: {"pos": [x, y], "size": [w, h]}}``: one column per :func:`columns` value,
-    nodes stacked top to bottom in a column with no overlaps (title bars included).
-
-    ``sizes`` are the nodes' current sizes in the editor. Inside a column, nodes are ordered by
-    where their consumers are (column, then input slot), ties by API id, so a loader sits
-    level with the first node it feeds.
-    """
-    col = columns(api)
-    links = _links(api)
-    size = {}
-    for node_id, node in api.items():
-        w, h = sizes[node_id]
-        fixed = SIZES.get(node["class_type"])
-        size[node_id] = [float(fixed[0]), float(max(fixed[1], h))] if fixed else [float(max(w, MIN_WIDTH)), float(h)]
-    # one width per column: tidy edges, and long titles never hang over the next column
-    for c in set(col.values()):
-        members = [n for n in api if col[n] == c]
-        width = max(size[n][0] for n in members)
-        for n in members:
-            size[n][0] = width
-
-    def order_key(node_id: str):
-        consumers = sorted((col[t], slot) for s, t, slot in links if s == node_id)
-        return (consumers[0] if consumers else (99, 99), int(node_id) if node_id.isdigit() else 0, node_id)
-
-    result = {}
-    x = 0.0
-    for c in sorted(set(col.values())):
-        members = sorted((n for n in api if col[n] == c), key=order_key)
-        y = LOADERS_DROP if c == 1 else 0.0
-        for n in members:
-            result[n] = {"pos": [round(x), round(y + title_height)], "size": [round(v) for v in size[n]]}
-            y += title_height + size[n][1] + ROW_GAP
-        x += max(size[n][0] for n in members) + COLUMN_GAP
-    return result
-
-
-def fit_view(boxes: list[tuple[float, float, float, float]], view: tuple[int, int] = VIEW) -> dict:
-    """``extra.ds`` (canvas scale and offset) that shows every ``(x0, y0, x1, y1)`` box
-    in a window of ``view`` pixels, right of the side bar and below the menu bars.
-    Screen = (graph + offset) * scale."""
-    x0 = min(b[0] for b in boxes)
-    y0 = min(b[1] for b in boxes)
-    x1 = max(b[2] for b in boxes)
-    y1 = max(b[3] for b in boxes)
-    width, height = view[0] - LEFT_BAR - 2 * VIEW_MARGIN, view[1] - TOP_BAR - 2 * VIEW_MARGIN
-    scale = min(MAX_SCALE, width / (x1 - x0), height / (y1 - y0))
-    scale = round(scale, 3)
-    left = LEFT_BAR + VIEW_MARGIN + (width - (x1 - x0) * scale) / 2
-    top = TOP_BAR + VIEW_MARGIN + (height - (y1 - y0) * scale) / 2
-    return {"scale": scale, "offset": [round(left / scale - x0, 1), round(top / scale - y0, 1)]}
 
 
 # --------------------------------------------------------------------- the editor
@@ -357,15 +150,6 @@ def drop_workflow(page, workflow: Mapping[str, Any] | str, file_name: str, timeo
     drop_file(page, text.encode(), file_name, "application/json", json.loads(text), timeout)
 
 
-def embedded_workflow(png: Path) -> dict | None:
-    """The UI workflow a PNG carries in its ``workflow`` text chunk (as ComfyUI's own images do)."""
-    from PIL import Image
-
-    with Image.open(png) as image:
-        text = image.text.get("workflow") if hasattr(image, "text") else None
-    return json.loads(text) if text else None
-
-
 def save_picture(page, workflow: Mapping[str, Any], target: Path, title_height: float = 30) -> Path:
     """A PNG of the graph as the editor shows it at the workflow's saved view, cropped to the
     nodes, with the workflow in its ``workflow`` text chunk: dropping the picture onto ComfyUI
@@ -438,10 +222,6 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}/{i}")]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
-
-
-def workflow_text(workflow: Mapping[str, Any]) -> str:
-    return json.dumps(workflow, indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
