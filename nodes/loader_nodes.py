@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from . import comfy_glue as glue
 from .pipeline import model_files
+from .pipeline.contract import SAFETENSORS_SUFFIXES
 from .pipeline.model_files import MODELS
 
 GeneratorType = io.Custom("MODELSWAP_GENERATOR")
@@ -150,7 +151,7 @@ class InsightFaceLoader(io.ComfyNode):
         return io.NodeOutput(load_face_analyzer(root, pack, dev, det_size))
 
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+SINGLE_FILE_SUFFIXES = SAFETENSORS_SUFFIXES
 
 
 class KleinLoader(io.ComfyNode):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .contract import CHECKPOINT_SUFFIXES
 from .errors import MissingModelError
 
 
@@ -312,7 +313,6 @@ ENGINES = ("sdxl", "flux2_klein")
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin", ".onnx", ".gguf")
 
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
 
 
 def generator_key(name: str) -> str:

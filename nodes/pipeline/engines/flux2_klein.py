@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError, MissingModelError
 from . import common
 from . import flux2_klein_files as kfiles
@@ -113,7 +114,7 @@ def check_files(files: Files) -> None:
             raise kfiles.missing(key, None, f"no {what} file was given")
         if not Path(path).is_file():
             raise kfiles.missing(key, Path(path), "the file does not exist")
-        if not str(path).lower().endswith((".safetensors", ".sft")):
+        if not str(path).lower().endswith(SAFETENSORS_SUFFIXES):
             raise InputValidationError(
                 f"FLUX.2 klein single files must be .safetensors ({path}); other formats are not read.")
     configs = Path(files.configs)

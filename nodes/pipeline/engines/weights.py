@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..contract import SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError
-
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 
 def read_state_dict(path: str | Path, what: str) -> dict:
