@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from _bench_core import Case, logged, stage_medians
+
 ENGINES = ("sdxl", "flux2_klein")
-bench: Any = None  # the benchmark module (Case, logged, stage_medians), set by benchmark.py when it loads this one
 
 
 def _cuda(ctx) -> bool:
@@ -237,7 +238,7 @@ def swap_options(ctx, name: str, mode: str, num_images: int = 1):
 
 def stage_summary(ctx, log: list, runs: int, peaks: dict, key: str, what: str):
     def summary(result):
-        medians = bench.stage_medians(log, runs)
+        medians = stage_medians(log, runs)
         parts = ", ".join(f"{k} {v:.3f}" for k, v in medians.items())
         extra = {"stages_s": medians, "face_found": result.face_found}
         note = f"{what}; stage medians s: {parts}"
@@ -265,7 +266,7 @@ def whole_swap(ctx, name: str, mode: str, peaks: dict, key: str, runs: int):
     pipe = ModelSwapPipeline(engine(ctx, name), parser=parser, analyzer=analyzer)
     options = swap_options(ctx, name, mode)
     log: list = []
-    run = bench.logged(timed_run(ctx, lambda: pipe.run(image, options), peaks, key), log)
+    run = logged(timed_run(ctx, lambda: pipe.run(image, options), peaks, key), log)
     what = (f"{options.steps} steps, refine {options.refine.steps} steps at {options.refine.work_size} px, "
             f"{image.shape[1]}x{image.shape[0]}")
     return run, stage_summary(ctx, log, runs, peaks, key, what)
@@ -280,14 +281,14 @@ def engine_group(ctx) -> list:
         eng, enc, gen = engine(ctx, name), encoded(ctx), settings(ctx, name)
         bare = f"bare diffusers call ({name})"
         what = f"{gen.steps} steps, 1 image, {enc.prepared.image.shape[1]}x{enc.prepared.image.shape[0]}"
-        cases.append(bench.Case("engine", bare, timed_run(ctx, bare_call(ctx, name, 1), peaks, bare),
+        cases.append(Case("engine", bare, timed_run(ctx, bare_call(ctx, name, 1), peaks, bare),
                           summary=peak_summary(peaks, bare, what)))
         key = f"pack generate ({name})"
-        cases.append(bench.Case("engine", key, timed_run(ctx, lambda e=eng, g=gen: pipeline.generate(e, enc, g), peaks, key),
+        cases.append(Case("engine", key, timed_run(ctx, lambda e=eng, g=gen: pipeline.generate(e, enc, g), peaks, key),
                           baseline=bare, target=1.10, summary=peak_summary(peaks, key, what)))
         key = f"whole swap, balanced ({name})"
         run, summary = whole_swap(ctx, name, "balanced", peaks, key, ctx.args.runs)
-        cases.append(bench.Case("engine", key, run, baseline=bare, summary=summary))
+        cases.append(Case("engine", key, run, baseline=bare, summary=summary))
     return cases
 
 
@@ -302,7 +303,7 @@ def batch_group(ctx) -> list:
         one = f"1 image ({name})"
         for n, key in ((1, one), (4, f"4 images ({name})")):
             gen = settings(ctx, name, n)
-            cases.append(bench.Case("batch", key, timed_run(ctx, lambda e=eng, g=gen: pipeline.generate(e, enc, g), peaks, key),
+            cases.append(Case("batch", key, timed_run(ctx, lambda e=eng, g=gen: pipeline.generate(e, enc, g), peaks, key),
                               baseline=None if n == 1 else one, target=None if n == 1 else 2.5,
                               summary=peak_summary(peaks, key, f"generate stage, {gen.steps} steps")))
     return cases
@@ -316,5 +317,5 @@ def modes_group(ctx) -> list:
         for mode in ("fast", "balanced", "quality"):
             key = f"{mode} ({name})"
             run, summary = whole_swap(ctx, name, mode, peaks, key, ctx.args.swap_runs)
-            cases.append(bench.Case("modes", key, run, baseline=None if mode == "fast" else fast, summary=summary))
+            cases.append(Case("modes", key, run, baseline=None if mode == "fast" else fast, summary=summary))
     return cases
