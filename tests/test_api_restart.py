@@ -25,6 +25,9 @@ import pytest
 import comfy_harness
 from test_api_comfyui import DIRECT, KEY, NETGUARD, PHOTO, data_uri, faceless, png_bytes, raw
 
+# 1 MP, in 8x8 blocks so its PNG stays well under this server's 1 MB upload limit
+BIG_PHOTO = faceless(PHOTO).repeat(8, axis=0).repeat(8, axis=1)
+
 TS_CLIENT = Path(__file__).resolve().parent / "ts_client"
 NODE = shutil.which("node") or "/usr/bin/node"
 
@@ -118,7 +121,12 @@ def test_kill_9_with_predictions_in_every_state_then_restart_loses_none(server, 
     secret = faceless(PHOTO)
     secret[-1, -1] = (1, 2, 3)  # a photo no other test sends
     secret_uri = data_uri(png_bytes(secret))
-    busy = run(server, {"model_image": data_uri(png_bytes(faceless(PHOTO)))}, webhook_url=f"{host}/hook")
+    # 1 MP keeps the job processing for seconds even with the 4-step klein engine, so the three states
+    # below hold together long enough to be seen (a 128 px job can finish between two polls)
+    busy = run(server, {"model_image": data_uri(png_bytes(BIG_PHOTO))}, webhook_url=f"{host}/hook")
+    end = time.monotonic() + 120  # ready predictions enter in order of readiness: let the big one go first
+    while status(server, busy)["status"] != "processing" and time.monotonic() < end:
+        time.sleep(0.05)
     starting = run(server, {"model_image": f"{host}/hang"})
     queued = run(server, {"model_image": secret_uri, "return_base64": True})  # behind the hanging URL
     submitted, in_queue_after = time.monotonic(), None
