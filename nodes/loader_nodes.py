@@ -151,14 +151,13 @@ class InsightFaceLoader(io.ComfyNode):
         return io.NodeOutput(load_face_analyzer(root, pack, dev, det_size))
 
 
-SINGLE_FILE_SUFFIXES = SAFETENSORS_SUFFIXES
 
 
 class KleinLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         default = MODELS["flux2_klein_transformer"].name
-        transformers = [f for f in glue.list_files("diffusion_models") if f.lower().endswith(SINGLE_FILE_SUFFIXES)]
+        transformers = [f for f in glue.list_files("diffusion_models") if f.lower().endswith(SAFETENSORS_SUFFIXES)]
         folders = glue.list_subfolders("diffusers", "model_index.json")
         return io.Schema(
             node_id=f"{glue.PACK}_KleinLoader",
@@ -194,7 +193,7 @@ class KleinLoader(io.ComfyNode):
         glue.require_module("diffusers", "Model Swap FLUX.2 klein Loader", "diffusers>=0.38")
         from .pipeline.engines import flux2_klein
 
-        if model.lower().endswith(SINGLE_FILE_SUFFIXES):
+        if model.lower().endswith(SAFETENSORS_SUFFIXES):
             files = flux2_klein.Files(transformer=Path(glue.model_path("diffusion_models", model)),
                                       text_encoder=Path(glue.model_path("text_encoders", text_encoder)),
                                       vae=Path(glue.model_path("vae", vae)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
@@ -203,14 +203,20 @@ def region_strength(swap: masks_mod.SwapMask, body_strength: float, grow: int = 
     return strength.astype(np.float32)
 
 
-def check_engine_fits(engine, encoded: Encoded, control_image) -> None:
-    """Refuse, before any work, a face reference or control image the engine cannot use."""
-    caps = engine.capabilities
-    if encoded.identity is not None and not (caps.embedding_identity or caps.reference_image):
+def check_takes_identity(caps) -> None:
+    """Refuse a face reference for an engine that can carry no identity."""
+    if not (caps.embedding_identity or caps.reference_image):
         raise InputValidationError(
             f"A face reference needs an identity-capable engine: the loaded {caps.name} engine has none. Load "
             "IP-Adapter FaceID (ip-adapter-faceid_sdxl.bin in models/ipadapter) with the SDXL pipeline, or use the "
             "FLUX.2 klein engine, which takes the identity from the reference image itself.")
+
+
+def check_engine_fits(engine, encoded: Encoded, control_image) -> None:
+    """Refuse, before any work, a face reference or control image the engine cannot use."""
+    caps = engine.capabilities
+    if encoded.identity is not None:
+        check_takes_identity(caps)
     embedding = None if encoded.identity is None else encoded.identity.embedding
     if caps.embedding_identity and not caps.reference_image and embedding is not None \
             and np.asarray(embedding).size != FACEID_EMBEDDING_SIZE:
@@ -363,9 +369,8 @@ class ModelSwapPipeline:
 
         options = options or SwapOptions()
         validate_options(options)
-        caps = self.engine.capabilities
-        if face_reference is not None and not (caps.embedding_identity or caps.reference_image):
-            check_engine_fits(self.engine, replace(Encoded(prepared=None), identity=IdentityCondition()), None)
+        if face_reference is not None:  # before any work
+            check_takes_identity(self.engine.capabilities)
         prepared = prepare(self.parser, image, options.mask_settings(), external_mask=external_mask)
         encoded = encode(self.analyzer, prepared, face_reference, identity_scale=options.identity_scale)
         sampled = generate(self.engine, encoded, options.generate_settings(), control_image=control_image,
