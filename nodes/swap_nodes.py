@@ -138,7 +138,8 @@ class ModelSwapSampler(io.ComfyNode):
                                 tooltip="Who the new person is. Empty: automatic (apparent sex and age kept, skin "
                                         "tone, ethnicity, hair and age band drawn from the seed)."),
                 io.Int.Input("seed", default=42, min=0, max=c.SEED_MAX,
-                             tooltip="Same seed, same person; image i uses seed + i."),
+                             tooltip="Same seed, same bytes; image i uses seed + i and is the same picture as a "
+                                     "single run at that seed, up to float rounding."),
                 io.Int.Input("num_images", default=1, min=1, max=c.MAX_IMAGES,
                              tooltip=f"How many different people, 1 to {c.MAX_IMAGES}."),
                 io.Int.Input("steps", default=30, min=c.STEPS[0], max=c.STEPS[1],

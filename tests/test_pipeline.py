@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 import tiny_models
+from same_picture import assert_same_picture
 from comfyui_model_swap.nodes.pipeline import masks
 from comfyui_model_swap.nodes.pipeline.errors import (
     ImageLoadError, InputValidationError, MissingModelError, NoFaceError)
 from comfyui_model_swap.nodes.pipeline.face_refine import RefineSettings
 from comfyui_model_swap.nodes.pipeline.images import MAX_PIXELS
-from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline, missing_models
+from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline, missing_models, requirements
 from comfyui_model_swap.nodes.pipeline import contract
 from comfyui_model_swap.nodes.pipeline import pipeline as pipeline_mod
 from comfyui_model_swap.nodes.pipeline.images import resize
@@ -94,17 +95,19 @@ def test_four_images_come_from_seed_plus_i_and_all_differ(pipe, photo):
     assert_preserved_exactly(photo, result)
 
 
-def test_image_i_of_a_batch_equals_the_single_run_at_seed_plus_i_on_a_real_photo(pipe):
+def test_image_i_of_a_batch_is_the_single_run_at_seed_plus_i_up_to_rounding_on_a_real_photo(pipe):
     """README's promise, on the astronaut (a real photo) with a face reference and face refine: a user who
-    likes image 3 of a batch gets it again alone with seed + 2 (within one level of float rounding)."""
+    likes image 3 of a batch gets the same picture alone with seed + 2, up to float rounding (batched and
+    single kernels round differently; the bound is in same_picture.py). Two seeds are not the same picture."""
     astronaut = tiny_models.astronaut(128)
     reference = tiny_models.astronaut(128)[:, ::-1].copy()
     batch = pipe.run(astronaut, opts(num_images=4, seed=42), face_reference=reference)
     for i in range(4):
         alone = pipe.run(astronaut, opts(seed=42 + i), face_reference=reference)
-        diff = np.abs(alone.images[0].astype(int) - batch.images[i].astype(int))
-        assert diff.max() <= 1, (i, diff.max(), diff.mean())
+        assert_same_picture(alone.images[0], batch.images[i], f"image {i}")
         assert alone.prompts == [batch.prompts[i]]
+    with pytest.raises(AssertionError):
+        assert_same_picture(batch.images[0], batch.images[1])
 
 
 def test_body_skin_gets_body_strength_and_face_and_hair_full_strength(swapped):
@@ -262,7 +265,7 @@ def test_models_load_once_and_are_reused(pipe, tiny_models_dir):
 
 
 def test_missing_models_are_all_listed_with_folder_file_and_source(tmp_path):
-    lines = missing_models([tmp_path], ModelChoice(faceid="ip-adapter-faceid_sdxl.bin"))
+    lines = missing_models(requirements(ModelChoice(faceid="ip-adapter-faceid_sdxl.bin")), [tmp_path / "models"])
     text = "\n".join(lines)
     assert len(lines) == 4
     for expected in ("models/diffusers/", "models/human_parsing/", "models/insightface/models/",

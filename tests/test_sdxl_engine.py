@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import tiny_checkpoint
+from same_picture import assert_same_picture
 import tiny_sdxl
 from comfyui_model_swap.nodes.pipeline.engines import base, common, sdxl, sdxl_inpaint
 from comfyui_model_swap.nodes.pipeline.engines.base import InpaintRequest
@@ -251,8 +252,9 @@ def test_wrong_single_files_are_refused_saying_what_they_are(tmp_path, name, wor
 
 
 def test_four_images_come_from_one_batched_call_and_each_equals_its_single_run(tiny):
-    """The seed promise: image i of a batch is the single run with seeds[i] (diffusers encodes the image
-    with the first generator only; the engine encodes it without sampling)."""
+    """The seed promise: image i of a batch is the single run with seeds[i], up to float rounding (diffusers
+    encodes the image with the first generator only; the engine encodes it without sampling). Same seed,
+    same bytes."""
     engine = sdxl.load(sdxl.Files(model=tiny["folder"]), device="cpu")
     calls = []
     pipe_call = type(engine.pipe).__call__
@@ -270,7 +272,7 @@ def test_four_images_come_from_one_batched_call_and_each_equals_its_single_run(t
     assert all(differs(batch[i], batch[j]) for i in range(4) for j in range(i + 1, 4))
     for i, seed in enumerate((5, 6, 7, 8)):
         alone = engine.inpaint(request((seed,), strength=0.8, steps=4))[0]
-        assert int(np.abs(alone.astype(int) - batch[i].astype(int)).max()) <= 1
+        assert_same_picture(alone, batch[i], f"seed {seed}")
     assert np.array_equal(engine.inpaint(request((6,), strength=0.8, steps=4))[0],
                           engine.inpaint(request((6,), strength=0.8, steps=4))[0])
 

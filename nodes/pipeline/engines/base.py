@@ -61,7 +61,7 @@ class InpaintRequest:
     image: uint8 (H, W, 3), H and W multiples of ``Capabilities.side_multiple``.
     mask: float32 (H, W) in [0, 1], per-pixel strength (see the module docstring).
     prompts: one prompt per seed. seeds: 1-4 seeds; image i is drawn from seeds[i] alone,
-        so image i of a batch equals a single run with seeds[i].
+        so image i of a batch is a single run with seeds[i] up to float rounding.
     steps, strength: the scheduler gets ``steps`` steps and runs the last ``strength`` of them.
     """
 

@@ -11,7 +11,7 @@ built from those configs; the sizes come from the weights (``flux2_klein_files``
 Sampling is diffusers' ``Flux2KleinInpaintPipeline``. What this module adds around it:
 - All seeds in one batch, one CPU generator per image: the pipeline draws image i's noise from
   generator i alone and encodes the source with the VAE's mode (no sampling), so image i of a
-  batch equals the single run at seeds[i].
+  batch is the single run at seeds[i] up to float rounding (batched kernels round differently).
 - The source is VAE-encoded here and handed over as latents, so the pipeline never rescales it.
 - Per-pixel soft masks (base.py): the pipeline blends with a binary mask (mask > 0); when the mask
   is not binary, ``callback_on_step_end`` puts every token whose strength was below step i's

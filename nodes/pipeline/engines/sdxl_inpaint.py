@@ -2,7 +2,7 @@
 
 ``inpaint`` runs the engine's diffusers pipeline once for every seed (a CPU generator per
 image). Two things diffusers does not do on its own are added here: the image is VAE-encoded
-without sampling (so image i of a batch equals the single run with seeds[i]), and a soft mask
+without sampling (so image i of a batch is the single run with seeds[i] up to float rounding), and a soft mask
 becomes per-pixel strength through the step callback (differential diffusion, see base.py).
 """
 
