@@ -1,6 +1,7 @@
 """Where ComfyUI looks for each models sub-folder, found the way ComfyUI finds it: its models folder
 (``--base-directory``), ``extra_model_paths.yaml`` (and ``--extra-model-paths-config``). Standard
-library only (PyYAML when a YAML file is read); used by the headless runner and the installer.
+library only (PyYAML when a YAML file is read); used by the headless runner, the installer and
+``load_pipeline``, which all ask :func:`missing_models`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from .pipeline import model_files
 
@@ -44,13 +46,35 @@ class ModelFolders:
         return self.dirs(folder)[0]
 
     def find(self, key: str, name: str) -> Path | None:
-        """The path holding model ``key`` complete under ``name`` in any of its folders, or None."""
+        """The path holding model ``key`` complete under ``name`` in any of its folders, or None.
+        A folder model named by a file name (a single-file SDXL ControlNet) counts when that file is there."""
+        single = model_files.MODELS[key].is_folder and name.lower().endswith(model_files.FILE_SUFFIXES)
         for folder in self.dirs(model_files.MODELS[key].folder):
+            if single and (folder / name).is_file():
+                return folder / name
             try:
                 return model_files.require(key, folder / name, name)
             except model_files.MissingModelError:
                 continue
         return None
+
+
+def missing_models(needs: Iterable[tuple[str, str]], folders: ModelFolders | Iterable[str | Path]) -> list[str]:
+    """What to download and where: one line per (registry key, name) in ``needs`` that no folder holds
+    complete (a folder model lacking one of its files counts as missing), naming the folder it goes to.
+
+    The one check of installed models: the headless runner and the installer pass a workflow's
+    ``required_models``, ``load_pipeline`` its ``ModelChoice``'s needs. ``folders`` is a
+    :class:`ModelFolders` (``extra_model_paths.yaml`` honoured) or plain models folders."""
+    if not isinstance(folders, ModelFolders):
+        folders = ModelFolders([Path(d) for d in folders])
+    lines = []
+    for key, name in needs:
+        if folders.find(key, name) is None:
+            spec = model_files.MODELS[key]
+            lines.append(model_files.describe(spec, name).replace(
+                f"ComfyUI/models/{spec.folder}/", f"{folders.target(spec.folder)}/"))
+    return lines
 
 
 def read_extra_model_paths(config: Path, folders: ModelFolders) -> None:

@@ -9,6 +9,10 @@
 Exit codes: 0 done (the written files are printed as JSON), 1 the job failed,
 2 a usage error (bad option, missing input file), 3 models are missing (the list of
 what to download and where is printed first; scripts/get_models.py fetches them).
+
+When the ComfyUI that --comfyui starts stops while starting, the cause is read from its
+log and the fix is said: no CUDA GPU (add `-- --cpu`), its port in use (`-- --port N`),
+a missing Python package (the pip command).
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
     try:
         if args.models_dir or args.comfyui:
             folders = wr.model_folders(args.comfyui, comfy_args, args.models_dir)
-            missing = wr.missing_models(graph, folders)
+            missing = wr.missing_models(wr.required_models(graph), folders)
             if missing:
                 print("Models missing; download them with `python scripts/get_models.py --workflow "
                       f"{args.workflow}` (same --comfyui/--models-dir), or place them as follows, then run again:",

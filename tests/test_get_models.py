@@ -150,7 +150,7 @@ def test_fresh_folder_ends_complete_and_a_second_run_downloads_nothing(hub, tmp_
     done = install(hub, "--workflow", SDXL_WITH_REFERENCE, "--models-dir", models, "--accept-non-commercial")
     assert done.returncode == 0, done.stderr
     graph = wr.load_workflow(SDXL_WITH_REFERENCE)
-    assert wr.missing_models(graph, [models]) == []
+    assert wr.missing_models(wr.required_models(graph), [models]) == []
     assert not (models / ".model-swap-downloads").exists()
     fetched = {path for _, path in hub.gets}
     # only the fp16 weights of the diffusers folder, not the full-precision twins the repo also holds
@@ -184,7 +184,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
     assert hub.gets[weights] == 2  # cut, then fetched again by the hub client
     unet = models / "diffusers" / weights[0].split("/")[1] / weights[1]
     assert unet.read_bytes() == hub.repos[weights[0]][weights[1]]
-    missing = wr.missing_models(wr.load_workflow(SDXL), [models])
+    missing = wr.missing_models(wr.required_models(wr.load_workflow(SDXL)), [models])
     assert len(missing) == 1 and "antelopev2" in missing[0]
     (part,) = (models / ".model-swap-downloads").glob("*.part")
     assert 0 < part.stat().st_size < len(hub.files["antelopev2.zip"])
@@ -193,7 +193,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
     second = install(hub, "--workflow", SDXL, "--models-dir", models, "--accept-non-commercial")
     assert second.returncode == 0, second.stderr
     assert "resuming" in second.stderr
-    assert wr.missing_models(wr.load_workflow(SDXL), [models]) == []
+    assert wr.missing_models(wr.required_models(wr.load_workflow(SDXL)), [models]) == []
     assert hub.ranges == [("files", "antelopev2.zip", already)]
     assert hub.gets[weights] == 2  # the finished file was not fetched again
 

@@ -79,7 +79,7 @@ def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_jo
                                    text=True, timeout=600)
         assert installed.returncode == 0, installed.stderr
         default = wr.load_workflow(clone / "workflows" / "model_swap_api.json")
-        assert wr.missing_models(default, wr.model_folders(comfy)) == []
+        assert wr.missing_models(wr.required_models(default), wr.model_folders(comfy)) == []
         assert sum(hub.gets.values()) > 0 and all(n == 1 for n in hub.gets.values())
 
     done = subprocess.run([sys.executable, *run[1:], *FAST, *CPU_FLAGS], cwd=clone, env=env,

@@ -90,7 +90,7 @@ def test_usage_errors_exit_2(photos, tmp_path, capsys):
 
 def test_installed_models_pass_the_check(tiny_models_dir):
     graph = wr.load_workflow(WITH_REFERENCE)
-    assert wr.missing_models(graph, [tiny_models_dir]) == []
+    assert wr.missing_models(wr.required_models(graph), [tiny_models_dir]) == []
     # FLUX.2 klein's three single files, the human parser, YuNet and SFace
     assert len(wr.required_models(graph)) == 6
 

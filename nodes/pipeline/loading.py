@@ -3,16 +3,17 @@
 ``load_pipeline`` finds every model under ``<models_dir>/<folder>/<name>`` (the
 layout in README's models table), loads it on one device, and caches the
 loaded objects per process, so a second call with the same choices costs nothing.
-``missing_models`` lists, without loading anything, what the user still has to
-download and where, which is what a headless run prints before it starts.
+What is missing is found by the one check of installed models that the headless runner
+and the installer use too (``nodes/model_folders.missing_models``, given :func:`requirements`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
+from ..model_folders import ModelFolders, missing_models
 from . import model_files
 from .errors import MissingModelError
 from .pipeline import ModelSwapPipeline
@@ -33,7 +34,7 @@ class ModelChoice:
     clip_vision: str | None = None  # FaceID PlusV2 only
 
 
-def _requirements(choice: ModelChoice) -> list[tuple[str, str]]:
+def requirements(choice: ModelChoice) -> list[tuple[str, str]]:
     """(registry key, name) for every model ``choice`` needs."""
     needs = [(model_files.generator_key(choice.generator), choice.generator)]
     if choice.controlnet:
@@ -49,28 +50,6 @@ def _requirements(choice: ModelChoice) -> list[tuple[str, str]]:
     if choice.clip_vision:
         needs.append(("clip_vision_h", choice.clip_vision))
     return needs
-
-
-def _find(key: str, roots: Sequence[Path], name: str) -> Path:
-    spec = model_files.MODELS[key]
-    if key == "controlnet" and name.lower().endswith(model_files.CHECKPOINT_SUFFIXES):
-        for root in roots:  # a single-file ControlNet has no folder to check
-            path = root / spec.folder / name
-            if path.is_file():
-                return path
-    return model_files.locate(key, roots, name)
-
-
-def missing_models(models_dirs: Iterable[str | Path], choice: ModelChoice = ModelChoice()) -> list[str]:
-    """One line per model that ``choice`` needs and no models folder holds (empty when all are there)."""
-    roots = [Path(r) for r in models_dirs]
-    lines = []
-    for key, name in _requirements(choice):
-        try:
-            _find(key, roots, name)
-        except MissingModelError:
-            lines.append(model_files.describe(model_files.MODELS[key], name))
-    return lines
 
 
 def _cached(key: tuple, build, source: Path):
@@ -122,18 +101,18 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
     from .engines.faceid import FaceIDFiles
 
     roots = [Path(r) for r in models_dirs]
-    missing = missing_models(roots, choice)
-    if missing:
-        first_key, first_name = next(
-            (k, n) for k, n in _requirements(choice)
-            if model_files.describe(model_files.MODELS[k], n) == missing[0])
-        spec = model_files.MODELS[first_key]
+    folders = ModelFolders(roots)
+    needs = requirements(choice)
+    absent = [(key, name) for key, name in needs if folders.find(key, name) is None]
+    if absent:
+        spec = model_files.MODELS[absent[0][0]]
         raise MissingModelError(
-            "Models missing (searched " + ", ".join(str(r) for r in roots) + "):\n- " + "\n- ".join(missing),
-            folder=f"models/{spec.folder}", filename=first_name, source=spec.source)
+            "Models missing (searched " + ", ".join(str(r) for r in roots) + "):\n- "
+            + "\n- ".join(missing_models(absent, folders)),
+            folder=f"models/{spec.folder}", filename=absent[0][1], source=spec.source)
 
     dev = common.resolve_device(device)
-    paths = {key: _find(key, roots, name) for key, name in _requirements(choice)}
+    paths = {key: folders.find(key, name) for key, name in needs}
     faceid = None
     if choice.faceid:
         lora = paths.get("faceid_lora") or paths.get("faceid_plusv2_lora")

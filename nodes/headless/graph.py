@@ -1,0 +1,130 @@
+"""An API-format workflow as data: read it, find its image inputs, fill it, and say which models it needs.
+
+Standard library only. :func:`required_models` is the one answer to "which models does this graph
+need"; whether they are installed is :func:`nodes.model_folders.missing_models`'s business.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model_folders import WorkflowError
+from ..pipeline import model_files
+
+
+@dataclass
+class Overrides:
+    image: Path
+    face_reference: Path | None = None
+    seed: int | None = None
+    num_images: int | None = None
+    prompt: str | None = None
+    face_reference_mode: str | None = None
+    filename_prefix: str | None = None
+    settings: list[str] = field(default_factory=list)  # "ClassType.input=value" (value parsed as JSON if it can be)
+
+
+def load_workflow(path: Path) -> dict:
+    try:
+        graph = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WorkflowError(f"Cannot read the workflow {path}: {exc}") from exc
+    if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise WorkflowError(
+            f"{path} is not an API-format workflow (a map of node id -> {{class_type, inputs}}). In ComfyUI use "
+            "'Export (API)' or the *_api.json files in workflows/.")
+    return graph
+
+
+def _consumers(graph: dict, node_id: str):
+    for nid, node in graph.items():
+        for name, value in node.get("inputs", {}).items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id):
+                yield nid, node["class_type"], name
+
+
+def image_roles(graph: dict) -> dict[str, str]:
+    """LoadImage node id -> 'model' or 'face_reference', read from what each one feeds."""
+    roles = {}
+    for nid, node in graph.items():
+        if node["class_type"] != "LoadImage":
+            continue
+        uses = {(cls, name) for _, cls, name in _consumers(graph, nid)}
+        if any(name == "face_reference" for _, name in uses):
+            roles[nid] = "face_reference"
+        elif any(cls.endswith("GarmentMask") and name == "image" for cls, name in uses):
+            roles[nid] = "model"
+    return roles
+
+
+def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str]) -> dict:
+    """A copy of ``graph`` with the image files, seed, num_images, prompt and mode replaced."""
+    graph = copy.deepcopy(graph)
+    roles = image_roles(graph)
+    if "model" not in roles.values():
+        raise WorkflowError("The workflow has no LoadImage feeding GarmentMask's image: nothing to put --image in.")
+    for nid, role in roles.items():
+        if role == "face_reference" and role not in uploaded:
+            raise WorkflowError("This workflow takes a face reference: pass --face-reference FILE "
+                                "(or use the workflow without one).")
+        graph[nid]["inputs"]["image"] = uploaded[role]
+    if "face_reference" in uploaded and "face_reference" not in roles.values():
+        raise WorkflowError("--face-reference was given but this workflow has no face reference input: use "
+                            "workflows/model_swap_face_reference_api.json.")
+    for node in graph.values():
+        cls, inputs = node["class_type"], node["inputs"]
+        if cls.endswith("_Sampler"):
+            for key in ("seed", "num_images", "prompt"):
+                value = getattr(overrides, key)
+                if value is not None:
+                    inputs[key] = value
+        if cls.endswith("_FaceRefine") and overrides.face_reference_mode:
+            inputs["face_reference_mode"] = overrides.face_reference_mode
+        if cls == "SaveImage" and overrides.filename_prefix:
+            inputs["filename_prefix"] = overrides.filename_prefix
+    for item in overrides.settings:
+        _apply_setting(graph, item)
+    return graph
+
+
+def _apply_setting(graph: dict, item: str) -> None:
+    """``ClassType.input=value`` (or ``Node title.input=value``) sets a widget on every matching node."""
+    target, sep, raw = item.partition("=")
+    node_name, dot, key = target.rpartition(".")
+    if not sep or not dot or not node_name or not key:
+        raise WorkflowError(f"--set {item!r}: write it as NodeClass.input=value, e.g. ModelSwap_FaceRefine.strength=0.5")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    hits = [n for n in graph.values()
+            if node_name in (n["class_type"], n.get("_meta", {}).get("title")) and key in n.get("inputs", {})]
+    if not hits:
+        raise WorkflowError(f"--set {item!r}: no node of class or title {node_name!r} has an input {key!r}.")
+    for node in hits:
+        if isinstance(node["inputs"][key], list):
+            raise WorkflowError(f"--set {item!r}: {key} is a link from another node, not a value.")
+        node["inputs"][key] = value
+
+
+def required_models(graph: dict) -> list[tuple[str, str]]:
+    """(registry key, name) of every model the workflow's loader nodes name, in graph order, once each.
+
+    The one answer to "which models does this graph need": the headless runner's check, the
+    installer (scripts/get_models.py) and the editor workflows' ``properties.models`` all use it.
+    Which input names which model is the registry's business (``ModelSpec.inputs``,
+    :func:`model_files.key_for_input`), so a new loader or model needs no change here.
+    """
+    needs: list[tuple[str, str]] = []
+    for node in graph.values():
+        cls, inputs = node.get("class_type", ""), node.get("inputs", {})
+        chosen = {name: model_files.key_for_input(cls, name, value) for name, value in inputs.items()}
+        unused = {c for key in chosen.values() if key for c in model_files.MODELS[key].covers}
+        found = [(key, inputs[name]) for name, key in chosen.items()
+                 if key is not None and f"{model_files.short_name(cls)}.{name}" not in unused]
+        found += [(key, model_files.MODELS[key].name) for key in model_files.keys_for_node(cls)]
+        needs += [need for need in found if need not in needs]
+    return needs
