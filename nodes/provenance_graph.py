@@ -1,0 +1,114 @@
+"""What an API-format graph says about the images one of its save nodes writes: a provenance Record.
+
+The save node (nodes/save_node.py) and the HTTP API both call :func:`record_for`, on the graph
+ComfyUI ran (the node's hidden PROMPT input; the history entry's prompt), so neither needs any other
+node to change its outputs. Everything is read from the nodes upstream of the save node's ``images``:
+the pack's sampler (seed, steps, prompt), face pass, loaders (engine; every model, with the licence
+from the model registry through :func:`workflow_runner.required_models`), and whether a face
+reference was connected. Comfy-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .fashn_api.workflow_fill import GENERATION_MODES
+from .pipeline import contract, model_files
+from .pipeline.provenance import COMPOSITE, ModelUse, Record
+from .workflow_runner import required_models
+
+SAVE_NODE = "ModelSwap_SaveImage"
+# The loaders whose MODELSWAP_GENERATOR output a sampler takes, and the engine each one loads.
+GENERATOR_LOADERS = {"ModelSwap_KleinLoader": "flux2_klein", "ModelSwap_PipelineLoader": "sdxl"}
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """The record shared by every image of one save node, and how image i's seed follows from it."""
+    record: Record
+    num_images: int | None  # images per input photo (image i uses seed + i % num_images)
+    source_image: str | None  # the LoadImage name of the photo that was swapped (the C2PA parent)
+
+    def for_image(self, index: int) -> Record:
+        seed, n = self.record.seed, self.num_images
+        if seed is None or not n:
+            return replace(self.record, seed=None)
+        return replace(self.record, seed=(seed + index % n) % (contract.SEED_MAX + 1))
+
+
+def _links(node: dict, names=None):
+    for name, value in node.get("inputs", {}).items():
+        if (names is None or name in names) and isinstance(value, list) and len(value) == 2:
+            yield name, str(value[0])
+
+
+def upstream(graph: dict, node_id: str, inputs=("images",)) -> dict[str, dict]:
+    """The nodes ``node_id``'s ``inputs`` depend on (directly or not), by id."""
+    seen: dict[str, dict] = {}
+    todo = [src for _, src in _links(graph.get(str(node_id), {}), inputs)]
+    while todo:
+        nid = todo.pop()
+        if nid in seen or nid not in graph:
+            continue
+        seen[nid] = graph[nid]
+        todo += [src for _, src in _links(graph[nid])]
+    return {nid: node for nid, node in graph.items() if nid in seen}  # in graph order
+
+
+def _one(nodes: dict[str, dict], class_type: str) -> tuple[str, dict] | None:
+    found = [(nid, n) for nid, n in nodes.items() if n.get("class_type") == class_type]
+    return found[0] if len(found) == 1 else None
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def generation_mode(engine: str | None, steps, refine_steps, work_size) -> str:
+    """The API's generation_mode whose settings these are, else 'custom'."""
+    for name, mode in GENERATION_MODES.get(engine, {}).items():
+        if (mode["steps"], mode["refine_steps"], mode["work_size"]) == (steps, refine_steps, work_size):
+            return name
+    return "custom"
+
+
+def record_for(graph: dict, node_id: str, *, record_prompt: bool = False) -> GraphRecord | None:
+    """The provenance of what save node ``node_id`` of ``graph`` writes; None when no sampler of the
+    pack is upstream (the images were not made by the pack: nothing to declare)."""
+    nodes = upstream(graph or {}, node_id)
+    found = _one(nodes, "ModelSwap_Sampler")
+    if found is None:
+        return None
+    sampler_id, sampler = found
+    inputs = sampler.get("inputs", {})
+    loader = next((nodes.get(src) for _, src in _links(sampler, ("generator",))), None) or {}
+    engine = GENERATOR_LOADERS.get(loader.get("class_type"))
+    refine = _one(nodes, "ModelSwap_FaceRefine")
+    refine_inputs = refine[1].get("inputs", {}) if refine else {}
+    refined = refine is not None and refine_inputs.get("enabled", True) is not False
+    steps = _int(inputs.get("steps"))
+    refine_steps = _int(refine_inputs.get("steps")) if refined else None
+    work_size = _int(refine_inputs.get("work_size")) if refined else None
+    prompt = inputs.get("prompt")
+    encode = _one(nodes, "ModelSwap_IdentityEncode")
+    models = tuple(ModelUse(name=name, title=model_files.MODELS[key].title, licence=model_files.MODELS[key].licence,
+                            non_commercial=model_files.MODELS[key].non_commercial)
+                   for key, name in required_models(nodes))
+    record = Record(
+        source_type=COMPOSITE, engine=engine, models=models, seed=_int(inputs.get("seed")),
+        generation_mode=generation_mode(engine, steps, refine_steps, work_size), steps=steps,
+        refine_steps=refine_steps, refine_work_size=work_size,
+        face_reference=None if encode is None else any(True for _ in _links(encode[1], ("face_reference",))),
+        automatic_prompt=(prompt.strip() == "") if isinstance(prompt, str) else None,
+        prompt=prompt if record_prompt and isinstance(prompt, str) and prompt.strip() else None)
+    return GraphRecord(record, _int(inputs.get("num_images")), _source_image(nodes))
+
+
+def _source_image(nodes: dict[str, dict]) -> str | None:
+    """The LoadImage name feeding GarmentMask's image (the photo whose person was swapped)."""
+    mask = _one(nodes, "ModelSwap_GarmentMask")
+    src = next((s for _, s in _links(mask[1], ("image",))), None) if mask else None
+    node = nodes.get(src) if src else None
+    if node and node.get("class_type") == "LoadImage" and isinstance(node["inputs"].get("image"), str):
+        return node["inputs"]["image"]
+    return None
