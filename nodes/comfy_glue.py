@@ -103,6 +103,21 @@ def model_path(kind: str, name: str, sub: str = "") -> str:
     return os.path.join(roots[0] if roots else os.path.join(folder_paths.models_dir, kind), sub, name)
 
 
+def output_file(subfolder: str, filename: str) -> str:
+    """Where a file ComfyUI's save helper reported (subfolder, filename) lies in the output folder."""
+    import folder_paths
+
+    return os.path.join(folder_paths.get_output_directory(), subfolder, filename)
+
+
+def input_file(name: str) -> str | None:
+    """The file a LoadImage name points at in ComfyUI's input folder, or None when there is none."""
+    import folder_paths
+
+    path = folder_paths.get_annotated_filepath(name)
+    return path if os.path.isfile(path) else None
+
+
 def require_module(module: str, node: str, pip_name: str | None = None):
     """Import an optional dependency or raise an error naming the node that needs it and the fix."""
     try:

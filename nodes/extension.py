@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension
 
 from . import comfy_glue
 from .loader_nodes import LOADERS
+from .save_node import SAVE_NODES
 from .swap_nodes import SWAP_NODES
 
 
@@ -17,7 +18,7 @@ class ModelSwapExtension(ComfyExtension):
     async def get_node_list(self):
         comfy_glue.register_model_folders()  # before schemas list the installed models
         _register_api()
-        return [*LOADERS, *SWAP_NODES]
+        return [*LOADERS, *SWAP_NODES, *SAVE_NODES]
 
 
 def _register_api() -> None:
