@@ -23,7 +23,7 @@ WEIGHT_EXTENSIONS = {*CHECKPOINT_SUFFIXES, ".bin"}
 # The pack's own models sub-folders (ComfyUI knows the others it reads: diffusers, checkpoints, controlnet,
 # loras, clip_vision, diffusion_models, text_encoders, vae) and the file types listed in them.
 PACK_FOLDERS = {"ipadapter": WEIGHT_EXTENSIONS, "insightface": WEIGHT_EXTENSIONS | {".onnx"},
-                "human_parsing": WEIGHT_EXTENSIONS, "facedetection": {".onnx"}}
+                "human_parsing": WEIGHT_EXTENSIONS, "facedetection": {".onnx"}, "mediapipe": {".tflite"}}
 
 
 def register_model_folders() -> None:

@@ -1,8 +1,10 @@
-"""Loader nodes: the generation pipeline, the human parser and insightface, each loaded once.
+"""Loader nodes: the generation pipeline, the segmenters and the face analysers, each loaded once.
 
 Their outputs are small handles that ComfyUI's output cache keeps alive between
 runs; the comfy-free loaders cache the heavy objects too, so a re-queued graph
-never reloads weights.
+never reloads weights. Every loader takes the optional ``licence_guard`` of the Licence
+Guard node and, with it or with MODELSWAP_COMMERCIAL_ONLY=1, refuses a non-commercial
+weight before loading anything (``pipeline/licence_guard.py``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,25 @@ from .pipeline.model_files import MODELS
 GeneratorType = io.Custom("MODELSWAP_GENERATOR")
 ParserType = io.Custom("MODELSWAP_PARSER")
 FaceAnalyzerType = io.Custom("MODELSWAP_FACE_ANALYZER")
+LicenceGuardType = io.Custom("MODELSWAP_LICENCE_GUARD")
 NONE = "none"
 DEVICES = ["auto", "cuda", "cpu"]
+
+
+def guard_input():
+    return LicenceGuardType.Input("licence_guard", optional=True,
+                                  tooltip="From the Licence Guard node: with commercial_only on, this loader refuses "
+                                          "a weight whose licence forbids commercial use (as MODELSWAP_COMMERCIAL_ONLY=1 "
+                                          "does for every graph).")
+
+
+def check_licence(node: type, inputs: dict, licence_guard) -> None:
+    """Refuse, before loading, a non-commercial model this loader's ``inputs`` name, when the guard is on."""
+    from .pipeline import licence_guard as guard
+    from .workflow_runner import required_models
+
+    needs = required_models({"0": {"class_type": f"{glue.PACK}_{node.__name__}", "inputs": inputs}})
+    guard.check(needs, graph_guard=licence_guard)
 
 
 class PipelineLoader(io.ComfyNode):
@@ -62,12 +81,15 @@ class PipelineLoader(io.ComfyNode):
                 io.Combo.Input("offload", options=["none", "model"], default="none",
                                tooltip="'model' keeps only the running component on the GPU (low-VRAM cards; "
                                        "slower)."),
+                guard_input(),
             ],
             outputs=[GeneratorType.Output("generator", tooltip="The loaded generation pipeline.")],
         )
 
     @classmethod
-    def execute(cls, model, controlnet, faceid, faceid_lora, clip_vision, device, dtype, offload):
+    def execute(cls, model, controlnet, faceid, faceid_lora, clip_vision, device, dtype, offload, licence_guard=None):
+        check_licence(cls, dict(model=model, controlnet=controlnet, faceid=faceid, faceid_lora=faceid_lora,
+                                clip_vision=clip_vision), licence_guard)
         glue.require_module("diffusers", "Model Swap Pipeline Loader", "diffusers>=0.32")
         from .pipeline.engines import sdxl
         from .pipeline.engines.faceid import FaceIDFiles
@@ -102,12 +124,14 @@ class HumanParserLoader(io.ComfyNode):
                     glue.list_subfolders("human_parsing", "config.json"), default), default=default,
                     tooltip="Folder in models/human_parsing holding config.json and model.safetensors."),
                 io.Combo.Input("device", options=DEVICES, default="auto", tooltip="Where the parser runs."),
+                guard_input(),
             ],
             outputs=[ParserType.Output("human_parser", display_name="parser", tooltip="The loaded human parser.")],
         )
 
     @classmethod
-    def execute(cls, parser, device):
+    def execute(cls, parser, device, licence_guard=None):
+        check_licence(cls, {"parser": parser}, licence_guard)
         glue.require_module("transformers", "Model Swap Human Parser Loader", "transformers>=4.46")
         from .pipeline.loading import load_parser
 
@@ -132,12 +156,14 @@ class InsightFaceLoader(io.ComfyNode):
                 io.Combo.Input("device", options=DEVICES, default="auto", tooltip="Where face analysis runs."),
                 io.Int.Input("det_size", default=640, min=128, max=2048, step=32,
                              tooltip="Detector input size; 640 is what the packs were trained for."),
+                guard_input(),
             ],
             outputs=[FaceAnalyzerType.Output("face_analyzer", tooltip="The loaded face analyzer.")],
         )
 
     @classmethod
-    def execute(cls, pack, device, det_size):
+    def execute(cls, pack, device, det_size, licence_guard=None):
+        check_licence(cls, {"pack": pack}, licence_guard)
         glue.require_module("insightface", "Model Swap InsightFace Loader", "insightface>=0.7.3")
         glue.require_module("onnxruntime", "Model Swap InsightFace Loader", "onnxruntime")
         from .pipeline.loading import load_face_analyzer
@@ -184,12 +210,14 @@ class KleinLoader(io.ComfyNode):
                 io.Combo.Input("offload", options=["none", "model"], default="none",
                                tooltip="'model' keeps only the running component on the GPU (about 13 GB in bf16, "
                                        "less with the FP8 transformer; slower)."),
+                guard_input(),
             ],
             outputs=[GeneratorType.Output("generator", tooltip="The loaded generation pipeline.")],
         )
 
     @classmethod
-    def execute(cls, model, text_encoder, vae, device, dtype, offload):
+    def execute(cls, model, text_encoder, vae, device, dtype, offload, licence_guard=None):
+        check_licence(cls, dict(model=model, text_encoder=text_encoder, vae=vae), licence_guard)
         glue.require_module("diffusers", "Model Swap FLUX.2 klein Loader", "diffusers>=0.38")
         from .pipeline.engines import flux2_klein
 
@@ -218,15 +246,75 @@ class OpenCVFaceLoader(io.ComfyNode):
             inputs=[
                 io.Int.Input("det_size", default=640, min=128, max=2048, step=32,
                              tooltip="Images are detected with their long side scaled down to this size."),
+                guard_input(),
             ],
             outputs=[FaceAnalyzerType.Output("face_analyzer", tooltip="The loaded face analyzer.")],
         )
 
     @classmethod
-    def execute(cls, det_size):
+    def execute(cls, det_size, licence_guard=None):
+        check_licence(cls, {"det_size": det_size}, licence_guard)
         from .pipeline.face_opencv import OpenCVFaceAnalyzer
 
         return io.NodeOutput(OpenCVFaceAnalyzer.load(Path(glue.model_path("facedetection", "")), det_size=det_size))
 
 
-LOADERS = [PipelineLoader, HumanParserLoader, InsightFaceLoader, KleinLoader, OpenCVFaceLoader]
+class SelfieSegmenterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        default = MODELS["selfie_segmenter"].name
+        return io.Schema(
+            node_id=f"{glue.PACK}_SelfieSegmenterLoader",
+            display_name="Model Swap Selfie Segmenter Loader (licence-clean)",
+            category=glue.CATEGORY,
+            description="Loads Google's MediaPipe selfie multiclass segmenter (Apache-2.0; hair, face skin, body skin, "
+                        "clothes, accessories) from models/mediapipe, on LiteRT (pip install ai-edge-litert). A "
+                        "licence-clean parser for GarmentMask: its 256x256 map is refined along the photo's edges. It "
+                        "cannot tell arms from legs or one garment from another (see its help page). Download: "
+                        "python scripts/get_models.py --model selfie_segmenter (in the pack's folder).",
+            inputs=[
+                io.Combo.Input("model", options=glue.with_default(glue.list_files("mediapipe"), default),
+                               default=default,
+                               tooltip="The segmenter's .tflite file in models/mediapipe "
+                                       "(selfie_multiclass_256x256.tflite)."),
+                io.Boolean.Input("refine_edges", default=True,
+                                 tooltip="Move the class borders onto the photo's own edges (guided filter). Off: the "
+                                         "256x256 map, upsampled."),
+                guard_input(),
+            ],
+            outputs=[ParserType.Output("parser", tooltip="The loaded segmenter, for GarmentMask's parser input.")],
+        )
+
+    @classmethod
+    def execute(cls, model, refine_edges, licence_guard=None):
+        check_licence(cls, {"model": model}, licence_guard)
+        glue.require_module("ai_edge_litert", "Model Swap Selfie Segmenter Loader", "ai-edge-litert")
+        from .pipeline.loading import load_selfie_segmenter
+
+        return io.NodeOutput(load_selfie_segmenter(glue.model_path("mediapipe", model), refine=refine_edges))
+
+
+class LicenceGuard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{glue.PACK}_LicenceGuard",
+            display_name="Model Swap Licence Guard",
+            category=glue.CATEGORY,
+            description="Connect to the loaders' licence_guard input: with commercial_only on, each refuses a weight "
+                        "published for non-commercial use only (FASHN's human parser, insightface, IP-Adapter FaceID), "
+                        "naming the model, its licence and the licence-clean alternative. MODELSWAP_COMMERCIAL_ONLY=1 "
+                        "turns the same guard on for every graph.",
+            inputs=[io.Boolean.Input("commercial_only", default=True,
+                                     tooltip="On: the connected loaders load only weights licensed for commercial use. "
+                                             "Off does not lift MODELSWAP_COMMERCIAL_ONLY=1.")],
+            outputs=[LicenceGuardType.Output("licence_guard", tooltip="For every loader's licence_guard input.")],
+        )
+
+    @classmethod
+    def execute(cls, commercial_only):
+        return io.NodeOutput(bool(commercial_only))
+
+
+LOADERS = [PipelineLoader, HumanParserLoader, InsightFaceLoader, KleinLoader, OpenCVFaceLoader, SelfieSegmenterLoader,
+           LicenceGuard]

@@ -8,6 +8,7 @@
     ipadapter/ip-adapter-faceid_sdxl.bin (+ plusv2)     tiny IP-Adapter FaceID files
     loras/ip-adapter-faceid_sdxl_lora.safetensors       tiny FaceID LoRA
     clip_vision/...                                     tiny CLIP vision encoder
+    mediapipe/selfie_multiclass_256x256.tflite          colour-keyed selfie segmenter (TFLite)
 
 so the pack's real loaders run unchanged. ``fashion_photo`` paints a person in
 the parser's palette colours (with texture, so the face detector fires on the
@@ -27,6 +28,7 @@ import tiny_klein
 import tiny_opencv_faces
 import tiny_parser
 import tiny_sdxl
+import tiny_selfie
 from comfyui_model_swap.nodes.pipeline.masks import PALETTE
 from comfyui_model_swap.nodes.pipeline.parsing import LABEL_IDS
 
@@ -99,6 +101,7 @@ def build_all(root: Path) -> Path:
     tiny_faceid.build_all(root)
     tiny_klein.install_defaults(root)  # FLUX.2 klein single files and diffusers folder, default names
     tiny_opencv_faces.build(root / "facedetection")  # YuNet + SFace, published names
+    tiny_selfie.install(root)  # MediaPipe selfie multiclass segmenter (.tflite), published name
     return root
 
 

@@ -27,7 +27,7 @@ class ModelChoice:
 
     generator: str = model_files.MODELS["sdxl_inpaint"].name  # diffusers folder or checkpoint file name
     controlnet: str | None = None
-    parser: str | None = model_files.MODELS["human_parser"].name
+    parser: str | None = model_files.MODELS["human_parser"].name  # or "selfie_multiclass_256x256.tflite"
     insightface: str | None = model_files.MODELS["antelopev2"].name
     faceid: str | None = None  # e.g. "ip-adapter-faceid_sdxl.bin"; needed only for a face reference
     faceid_lora: str | None = None
@@ -40,7 +40,7 @@ def requirements(choice: ModelChoice) -> list[tuple[str, str]]:
     if choice.controlnet:
         needs.append(("controlnet", choice.controlnet))
     if choice.parser:
-        needs.append(("human_parser", choice.parser))
+        needs.append((model_files.parser_key(choice.parser), choice.parser))
     if choice.insightface:
         needs.append((model_files.insightface_key(choice.insightface), choice.insightface))
     if choice.faceid:
@@ -82,6 +82,14 @@ def load_face_analyzer(insightface_root: str | Path, name: str, device, det_size
                    root / "models" / name)
 
 
+def load_selfie_segmenter(path: str | Path, refine: bool = True):
+    """The selfie multiclass segmenter in ``path`` (.tflite, on LiteRT), loaded once per process."""
+    from .segment_selfie import SelfieSegmenter
+
+    path = Path(path)
+    return _cached(("selfie", str(path.resolve()), refine), lambda: SelfieSegmenter.load(path, refine=refine), path)
+
+
 def clear_cache() -> None:
     from .engines import flux2_klein, sdxl
 
@@ -95,14 +103,17 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
     """Load every model ``choice`` names from ``models_dirs`` (first folder that has it wins).
 
     All missing models are reported together, so one run tells the user everything to download.
-    ``config_dir`` replaces the SDXL configs shipped for single-file checkpoints.
+    ``config_dir`` replaces the SDXL configs shipped for single-file checkpoints. With
+    MODELSWAP_COMMERCIAL_ONLY=1 a non-commercial choice is refused before anything loads.
     """
+    from . import licence_guard
     from .engines import common, sdxl
     from .engines.faceid import FaceIDFiles
 
     roots = [Path(r) for r in models_dirs]
     folders = ModelFolders(roots)
     needs = requirements(choice)
+    licence_guard.check(needs)
     absent = [(key, name) for key, name in needs if folders.find(key, name) is None]
     if absent:
         spec = model_files.MODELS[absent[0][0]]
@@ -121,7 +132,11 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
     files = sdxl.Files(model=paths[model_files.generator_key(choice.generator)], controlnet=paths.get("controlnet"),
                        faceid=faceid, config=None if config_dir is None else Path(config_dir))
     engine = sdxl.load(files, device=dev, dtype=dtype, offload=offload)
-    parser = None if not choice.parser else load_parser(paths["human_parser"], dev)
+    parser = None
+    if choice.parser and model_files.parser_key(choice.parser) == "selfie_segmenter":
+        parser = load_selfie_segmenter(paths["selfie_segmenter"])
+    elif choice.parser:
+        parser = load_parser(paths["human_parser"], dev)
     analyzer = None
     if choice.insightface:
         root = paths[model_files.insightface_key(choice.insightface)].parents[1]

@@ -42,6 +42,7 @@ class ModelSpec:
     covers: tuple[str, ...] = ()  # other inputs of the same node this model makes unused (a folder with its own VAE)
     match: str = ""  # among several entries of one input, a chosen name containing this picks this entry
     engines: tuple[str, ...] = ()  # engines whose default set (get_models.py --engine) includes it
+    alternative: str = ""  # a non-commercial model's licence-clean replacement: what the licence guard names
 
     @property
     def is_folder(self) -> bool:
@@ -77,6 +78,24 @@ MODELS: dict[str, ModelSpec] = {
             repo_files=("config.json", "model.safetensors", "preprocessor_config.json"),
             inputs=("HumanParserLoader.parser",),
             engines=("sdxl", "flux2_klein"),
+            alternative="the MediaPipe selfie multiclass segmenter (Apache-2.0): Model Swap Selfie Segmenter Loader "
+                        "into GarmentMask's parser (workflows/model_swap_commercial*.json; python "
+                        "scripts/get_models.py --model selfie_segmenter)",
+        ),
+        ModelSpec(
+            key="selfie_segmenter",
+            title="MediaPipe selfie multiclass segmenter (6 classes: hair, face skin, body skin, clothes, others)",
+            folder="mediapipe",
+            name="selfie_multiclass_256x256.tflite",
+            source="https://storage.googleapis.com/mediapipe-models/image_segmenter/selfie_multiclass_256x256/"
+                   "float32/latest/selfie_multiclass_256x256.tflite",
+            size="about 16 MB",
+            licence="Apache-2.0",
+            optional=True,  # the licence-clean workflows' (model_swap_commercial*)
+            url="https://storage.googleapis.com/mediapipe-models/image_segmenter/selfie_multiclass_256x256/"
+                "float32/latest/selfie_multiclass_256x256.tflite",
+            sha256="",  # not pinned: Google's 'latest' file; the installer prints the hash it got (README, Models)
+            inputs=("SelfieSegmenterLoader.model",),
         ),
         ModelSpec(
             key="antelopev2",
@@ -93,6 +112,7 @@ MODELS: dict[str, ModelSpec] = {
             sha256="8e182f14fc6e80b3bfa375b33eb6cff7ee05d8ef7633e738d1c89021dcf0c5c5",
             inputs=("InsightFaceLoader.pack",),
             engines=("sdxl",),
+            alternative="OpenCV YuNet + SFace (MIT / Apache-2.0): Model Swap OpenCV Face Loader, with the FLUX.2 klein engine (python scripts/get_models.py --model yunet --model sface)",
         ),
         ModelSpec(
             key="buffalo_l",
@@ -107,6 +127,7 @@ MODELS: dict[str, ModelSpec] = {
             url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
             sha256="80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f",
             inputs=("InsightFaceLoader.pack",),
+            alternative="OpenCV YuNet + SFace (MIT / Apache-2.0): Model Swap OpenCV Face Loader, with the FLUX.2 klein engine (python scripts/get_models.py --model yunet --model sface)",
         ),
         ModelSpec(
             key="sdxl_inpaint",
@@ -150,6 +171,7 @@ MODELS: dict[str, ModelSpec] = {
             repo_files=("ip-adapter-faceid_sdxl.bin",),
             inputs=("PipelineLoader.faceid",),
             engines=("sdxl",),
+            alternative="the FLUX.2 klein engine (Apache-2.0), which takes the identity from the face reference image itself: Model Swap FLUX.2 klein Loader (workflows/model_swap_commercial_face_reference.json)",
         ),
         ModelSpec(
             key="faceid_lora",
@@ -163,6 +185,7 @@ MODELS: dict[str, ModelSpec] = {
             repo="h94/IP-Adapter-FaceID",
             repo_files=("ip-adapter-faceid_sdxl_lora.safetensors",),
             inputs=("PipelineLoader.faceid_lora",),
+            alternative="the FLUX.2 klein engine (Apache-2.0), which takes the identity from the face reference image itself: Model Swap FLUX.2 klein Loader (workflows/model_swap_commercial_face_reference.json)",
         ),
         ModelSpec(
             key="faceid_plusv2",
@@ -177,6 +200,7 @@ MODELS: dict[str, ModelSpec] = {
             repo_files=("ip-adapter-faceid-plusv2_sdxl.bin",),
             inputs=("PipelineLoader.faceid",),
             match="plus",
+            alternative="the FLUX.2 klein engine (Apache-2.0), which takes the identity from the face reference image itself: Model Swap FLUX.2 klein Loader (workflows/model_swap_commercial_face_reference.json)",
         ),
         ModelSpec(
             key="faceid_plusv2_lora",
@@ -191,6 +215,7 @@ MODELS: dict[str, ModelSpec] = {
             repo_files=("ip-adapter-faceid-plusv2_sdxl_lora.safetensors",),
             inputs=("PipelineLoader.faceid_lora",),
             match="plus",
+            alternative="the FLUX.2 klein engine (Apache-2.0), which takes the identity from the face reference image itself: Model Swap FLUX.2 klein Loader (workflows/model_swap_commercial_face_reference.json)",
         ),
         ModelSpec(
             key="clip_vision_h",
@@ -310,7 +335,7 @@ MODELS: dict[str, ModelSpec] = {
 
 ENGINES = ("sdxl", "flux2_klein")
 # Names with one of these suffixes are files; anything else (e.g. "...-inpainting-0.1") is a folder.
-FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin", ".onnx", ".gguf")
+FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin", ".onnx", ".gguf", ".tflite")
 
 
 
@@ -318,6 +343,11 @@ FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin", ".onnx"
 def generator_key(name: str) -> str:
     """Registry key for a generator choice: a single-file checkpoint or a diffusers folder."""
     return "sdxl_checkpoint" if name.lower().endswith(CHECKPOINT_SUFFIXES) else "sdxl_inpaint"
+
+
+def parser_key(name: str) -> str:
+    """Registry key for a parser choice: the selfie segmenter's .tflite file or FASHN's parser folder."""
+    return "selfie_segmenter" if name.lower().endswith(".tflite") else "human_parser"
 
 
 def faceid_key(name: str) -> str:

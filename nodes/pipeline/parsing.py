@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from . import model_files
+from . import model_files, placement
 from .errors import ImageLoadError, MissingModelError
 from .images import as_rgb_uint8
 
@@ -192,6 +192,12 @@ class _FoldedDecodeHead:
         self.classifier_t = head.classifier.weight.detach()[:, :, 0, 0].t().contiguous()  # (d, classes)
         self.classifier_b = head.classifier.bias.detach()
 
+    def to(self, device) -> None:
+        """Move the folded tensors (a few MB, derived from the weights) to ``device``."""
+        self.weights_t = [w.to(device) for w in self.weights_t]
+        self.bias, self.classifier_t, self.classifier_b = (
+            t.to(device) for t in (self.bias, self.classifier_t, self.classifier_b))
+
     def __call__(self, features):
         """(B, classes, H/4, W/4) logits, laid out channels-last, from the four stage outputs (NCHW)."""
         import torch
@@ -262,7 +268,8 @@ class HumanParser:
 
         self.device = torch.device(device)
         self.dtype = dtype or _default_dtype(self.device)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # under a memory host (placement.py) the host moves the weights to the device for each use
+        self.model = model.to(device=placement.load_device(self.device), dtype=self.dtype).eval()
         self._head = _FoldedDecodeHead(self.model.decode_head)
         _use_channels_last_token_convs(self.model)
 
@@ -294,6 +301,8 @@ class HumanParser:
         The encoder's stages run as published; the decode head runs folded (see
         :class:`_FoldedDecodeHead`). Call under ``torch.inference_mode()``.
         """
+        if self._head.bias.device != pixel_values.device:  # the host moved the model: the head follows
+            self._head.to(pixel_values.device)
         features, hidden = [], pixel_values
         for stage in self.model.segformer.stages:
             hidden = stage(hidden)
@@ -303,6 +312,12 @@ class HumanParser:
     def _labels_from_logits(self, logits, size_hw: tuple[int, int]) -> np.ndarray:
         # Blend in float32: bilinear fp16 logits can flip near-ties in the argmax.
         return upsampled_argmax(logits[0].float().cpu(), size_hw)
+
+    @staticmethod
+    def resolve_classes(names: Iterable[str]) -> tuple[str, ...]:
+        """The regenerate selection as this parser expresses it: every one of its 18 classes, as given.
+        (A coarser segmenter, e.g. segment_selfie.SelfieSegmenter, merges or refuses some.)"""
+        return tuple(names)
 
     def parse(self, image) -> np.ndarray:
         """Label map (H, W) uint8 of class ids (see :data:`LABELS`) at the input's size."""
@@ -324,6 +339,7 @@ class HumanParser:
             raise ImageLoadError("No image was given to the human parser: pass at least one RGB image.")
         batch_size = max(1, int(batch_size))
         out: list[np.ndarray] = []
+        placement.use(self.device, {"parser": self.model})
         with torch.inference_mode():
             for start in range(0, len(rgbs), batch_size):
                 chunk = rgbs[start : start + batch_size]

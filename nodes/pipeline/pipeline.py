@@ -144,20 +144,27 @@ def output_hw(native_hw: tuple[int, int], processing_hw: tuple[int, int], output
 
 
 def prepare(parser, image, settings: MaskSettings = MaskSettings(), *, external_mask=None) -> Prepared:
-    """GarmentMask: scale to processing size, parse, and build the regenerate mask."""
+    """GarmentMask: scale to processing size, parse, and build the regenerate mask.
+
+    ``parser``: FASHN's human parser (parsing.HumanParser) or the selfie segmenter
+    (segment_selfie.SelfieSegmenter): ``parse(rgb)`` gives a label map in parsing.LABELS and
+    ``resolve_classes(names)``, where it has one, the regenerate selection it can express."""
     if parser is None and external_mask is None:
         raise InputValidationError(
             "No human parser is loaded and no mask was given: load the human parser "
-            "(models/human_parsing/fashn-human-parser) or supply a mask.")
+            "(models/human_parsing/fashn-human-parser) or the selfie segmenter "
+            "(models/mediapipe/selfie_multiclass_256x256.tflite), or supply a mask.")
     native = as_rgb_uint8(image, "model image")
     ext = None if external_mask is None else as_mask(external_mask, native.shape[:2], "external mask")
     size = processing_size(*native.shape[:2], max_pixels=settings.max_pixels)
     scaled = resize(native, size)
     timings: list = []
+    resolve = getattr(parser, "resolve_classes", None)  # optional: a parser without it takes every class as given
+    regenerate = tuple(settings.regenerate) if ext is not None or resolve is None else resolve(settings.regenerate)
     with timed("cpu", timings, "garment_mask"):
         labels = None if ext is not None else parser.parse(scaled)
         ext = None if ext is None else np.clip(resize(ext, size), 0.0, 1.0)
-        swap = masks_mod.build_swap_mask(labels, external=ext, regenerate=tuple(settings.regenerate),
+        swap = masks_mod.build_swap_mask(labels, external=ext, regenerate=regenerate,
                                          grow=settings.grow, feather=settings.feather)
     notes = () if swap.band.any() else (
         "The regenerate mask is empty (no person pixels found): the output equals the input.",)
