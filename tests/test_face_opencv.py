@@ -35,7 +35,7 @@ def test_face_has_box_keypoints_in_insightface_order_unit_embedding_and_aligned_
     assert face.aligned[45:75, 40:72].mean() > 150 > face.aligned[:8].mean()  # the face fills the middle
     assert (face.age, face.sex) == (None, None)
     assert face.det_score == pytest.approx(1.0)
-    assert analyzer.has_genderage is False and analyzer.name == "yunet+sface"
+    assert analyzer.name == "yunet+sface"
 
 
 def test_dark_image_has_no_face_and_encode_reference_says_so(analyzer):

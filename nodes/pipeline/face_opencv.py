@@ -1,7 +1,7 @@
 """Licence-clean face analysis: OpenCV's YuNet detector (MIT) and SFace recogniser (Apache-2.0).
 
 :class:`OpenCVFaceAnalyzer` has the interface of insightface's :class:`identity.FaceAnalyzer`
-(``analyze(image) -> list[FaceInfo]``, ``has_genderage``, ``folder``, ``name``), so every stage
+(``analyze(image) -> list[FaceInfo]``, ``folder``, ``name``), so every stage
 that finds, aligns or matches faces works with either. Both models are small ONNX files that
 ``opencv-python`` runs itself (``cv2.FaceDetectorYN``, ``cv2.FaceRecognizerSF``): no onnxruntime,
 no insightface. They live in ComfyUI's ``models/facedetection/`` under their published names.
@@ -9,7 +9,7 @@ no insightface. They live in ComfyUI's ``models/facedetection/`` under their pub
 Differences from insightface, which callers handle through the interface:
 - the embedding is SFace's 128-d feature (L2-normalised), not a 512-d ArcFace one; compare
   embeddings from one analyser only;
-- there is no age/sex model (``has_genderage`` is False; ``age`` and ``sex`` are None), so the
+- there is no age/sex model (``age`` and ``sex`` are None), so the
   automatic prompt takes the person from a setting instead of guessing.
 
 YuNet's five landmarks come in the order of the ArcFace template (the first eye is the one on
@@ -61,7 +61,6 @@ class OpenCVFaceAnalyzer:
     """YuNet detection, SFace embeddings and ArcFace-template crops, loaded once."""
 
     name = NAME
-    has_genderage = False
 
     def __init__(self, detector, recognizer, folder: Path, det_size: int, score_threshold: float):
         self.detector = detector

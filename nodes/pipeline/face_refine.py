@@ -27,36 +27,30 @@ from . import contract as c
 from . import masks as masks_mod
 from .compositing import composite, match_colour, soft_paste_mask
 from .engines.base import InpaintRequest
-from .errors import InputValidationError
 from .images import resize
+from .timing import timed
 
 
 
 @dataclass(frozen=True)
 class RefineSettings:
-    strength: float = 0.45
-    steps: int = 12  # denoising steps actually run (the scheduler gets steps / strength, see contract.py)
+    strength: float = c.REFINE_STRENGTH.default
+    steps: int = c.REFINE_STEPS.default  # steps actually run (the scheduler gets steps / strength); 0: the engine's
     guidance_scale: float = 5.0
-    margin: float = 0.6  # added on every side, as a fraction of the face box's larger side
-    work_size: int = 1024  # the model's working size; the crop is sampled at this size
+    margin: float = c.REFINE_MARGIN.default  # added on every side, as a fraction of the face box's larger side
+    work_size: int = c.REFINE_WORK_SIZE.default  # the crop is sampled at this size; 0: the engine's working size
     colour_match: float = 0.8  # 1 = match the neck skin fully; shadows on the neck argue for less
     reference_identity_boost: float = 1.5  # identity weight multiplier for match_reference
 
     def check(self) -> None:
-        """The Python boundary's check (widgets derive their ranges from the same limits)."""
-        lo, hi = c.REFINE_WORK_SIZE
-        if not c.REFINE_STRENGTH[0] <= self.strength <= c.REFINE_STRENGTH[1]:
-            raise InputValidationError(
-                f"face refine strength {self.strength} must be in {list(c.REFINE_STRENGTH)}; 0.3-0.6 is typical.")
-        if self.work_size % c.WORK_SIZE_MULTIPLE or not lo <= self.work_size <= hi:
-            raise InputValidationError(
-                f"face refine work_size {self.work_size} must be a multiple of {c.WORK_SIZE_MULTIPLE} from {lo} to {hi}.")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or \
-                not c.REFINE_STEPS[0] <= self.steps <= c.REFINE_STEPS[1]:
-            raise InputValidationError(f"face refine steps {self.steps!r} must be an integer from "
-                                       f"{c.REFINE_STEPS[0]} to {c.REFINE_STEPS[1]}.")
-        if not c.REFINE_MARGIN[0] <= self.margin <= c.REFINE_MARGIN[1]:
-            raise InputValidationError(f"face refine margin {self.margin} must be in {list(c.REFINE_MARGIN)}.")
+        """The Python boundary's check, from the declarations the widgets and the runner use."""
+        for param in (c.REFINE_STRENGTH, c.REFINE_STEPS, c.REFINE_WORK_SIZE, c.REFINE_MARGIN):
+            c.check(param, getattr(self, param.name))
+
+    def for_engine(self, caps) -> "RefineSettings":
+        """These settings with every "the engine's" (0) filled from ``caps``."""
+        preset = caps.settings(refine_steps=self.steps, refine_work_size=self.work_size)
+        return dataclasses.replace(self, steps=preset.refine_steps, work_size=preset.refine_work_size)
 
 
 @dataclass
@@ -64,7 +58,6 @@ class FaceRefineOutput:
     images: list[np.ndarray]
     crops: list[np.ndarray] = field(default_factory=list)  # refined crops at working size
     masks: list[np.ndarray] = field(default_factory=list)  # paste alphas at crop size
-    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1
 
 
 def face_crop_box(bbox: np.ndarray, image_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
@@ -119,8 +112,6 @@ def refine(engine, sampled, settings: RefineSettings = RefineSettings(), *, mode
     warp = None
     if mode == "match_reference" and encoded.ref_face is not None:
         warp = warp_face_onto(encoded.reference, encoded.ref_face.kps, face.kps, proc.shape[:2])
-    from .pipeline import timed
-
     timings: list = []
     with timed(engine.device, timings, "face_refine"):
         out = refine_faces(
@@ -157,6 +148,7 @@ def refine_faces(
     ``reference_warp``: (reference image warped onto the base keypoints, validity mask),
     both at the images' size, for ``match_reference``.
     """
+    settings = settings.for_engine(engine.capabilities)
     if identity is not None and mode == "match_reference":
         identity = dataclasses.replace(identity, scale=float(identity.scale) * settings.reference_identity_boost)
 
@@ -164,7 +156,7 @@ def refine_faces(
     crop = (slice(y0, y1), slice(x0, x1))
     region_c, face_c = face_region[crop], face_only[crop]
     if not region_c.any():
-        return FaceRefineOutput(images=[im.copy() for im in images], box=(x0, y0, x1, y1))
+        return FaceRefineOutput(images=[im.copy() for im in images])
     skin_c = skin[crop] if skin is not None else None
     ref_c = valid_c = None
     if reference_warp is not None:
@@ -173,7 +165,7 @@ def refine_faces(
     ws = settings.work_size
     mask_work = (resize(region_c.astype(np.float32), (ws, ws)) > 0.5).astype(np.float32)
     paste_alpha = soft_paste_mask(region_c, feather=max(2, (x1 - x0) // 24))
-    out = FaceRefineOutput(images=[], box=(x0, y0, x1, y1))
+    out = FaceRefineOutput(images=[])
     for image, prompt, seed in zip(images, prompts, seeds):
         gen_c = image[crop]
         start = _starting_crop(mode, gen_c, source[crop], face_c, region_c, ref_c, valid_c)

@@ -237,10 +237,6 @@ class FaceAnalyzer:
         app.det_model.detect(np.zeros((size[1], size[0], 3), dtype=np.uint8))
         return cls(app, folder, name, providers, size)
 
-    @property
-    def has_genderage(self) -> bool:
-        return "genderage" in self.app.models
-
     def analyze(self, image) -> list[FaceInfo]:
         """Every face in the RGB ``image``, largest bounding box first."""
         rgb = as_rgb_uint8(image, "face image")
