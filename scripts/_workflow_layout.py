@@ -20,6 +20,7 @@ LOADERS_DROP = 70  # the loader column starts lower: the image links above it st
 SIZES = {
     "LoadImage": (300, 330),
     "SaveImage": (340, 400),
+    "ModelSwap_SaveImage": (340, 400),
     "ModelSwap_Sampler": (400, 420),
 }
 MIN_WIDTH = 300

@@ -93,7 +93,8 @@ class FakeQueue:
                                      "exception_type": f"custom_nodes.pack.nodes.pipeline.errors.{kind}",
                                      "exception_message": message}]]}}
         sampler = next(n for n in graph.values() if n["class_type"] == "ModelSwap_Sampler")["inputs"]
-        save_id, save = next((k, n) for k, n in graph.items() if n["class_type"] == "SaveImage")
+        save_id = workflow_fill.output_node(graph)
+        save = graph[save_id]
         prefix = Path(save["inputs"]["filename_prefix"])
         folder = self.output_dir / prefix.parent
         folder.mkdir(parents=True, exist_ok=True)

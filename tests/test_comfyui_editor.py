@@ -217,7 +217,7 @@ def test_workflow_queued_from_the_editor_runs_and_saves_num_images(server, input
     assert ch.normalise_api_graph(ch.graph_to_prompt(page)) == ch.normalise_api_graph(api)
 
     # the editor got the result: Save Image shows the saved files
-    save_id = next(k for k, v in api.items() if v["class_type"] == "SaveImage")
+    save_id = next(k for k, v in api.items() if v["class_type"] == "ModelSwap_SaveImage")
     shown = page.wait_for_function(
         "(id) => { const out = (window.app.nodeOutputs || {})[id]; return out && out.images && out.images; }",
         arg=save_id, timeout=60_000).json_value()

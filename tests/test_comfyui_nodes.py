@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 NODE_IDS = ("ModelSwap_PipelineLoader", "ModelSwap_KleinLoader", "ModelSwap_HumanParserLoader",
             "ModelSwap_InsightFaceLoader", "ModelSwap_OpenCVFaceLoader",
-            "ModelSwap_GarmentMask", "ModelSwap_IdentityEncode", "ModelSwap_Sampler", "ModelSwap_FaceRefine")
+            "ModelSwap_GarmentMask", "ModelSwap_IdentityEncode", "ModelSwap_Sampler", "ModelSwap_FaceRefine",
+            "ModelSwap_SaveImage")
 API_WORKFLOWS = sorted(WORKFLOWS.glob("*_api.json"))
 DEFAULT_WORKFLOWS = ("model_swap_api.json", "model_swap_face_reference_api.json")  # FLUX.2 klein
 SDXL_FACE_REFERENCE = WORKFLOWS / "model_swap_sdxl_face_reference_api.json"
@@ -75,7 +76,7 @@ def with_inputs(graph: dict, inputs: dict, *, seed=None, num_images=None, prefix
         if node["class_type"] == "LoadImage":
             ref = "reference" in node.get("_meta", {}).get("title", "").lower()
             node["inputs"]["image"] = inputs["reference" if ref else "model"]
-        if node["class_type"] == "SaveImage":
+        if node["class_type"] == "ModelSwap_SaveImage":
             node["inputs"]["filename_prefix"] = f"{prefix}_{time.monotonic_ns()}"
     sampler = node_of(graph, "ModelSwap_Sampler")
     if seed is not None:

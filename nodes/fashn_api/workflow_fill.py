@@ -53,8 +53,9 @@ def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engi
 
 
 def output_node(graph: dict) -> str:
-    """Id of the SaveImage node whose images are the prediction's outputs."""
-    ids = [nid for nid, node in graph.items() if node["class_type"] == "SaveImage"]
+    """Id of the save node (the pack's ModelSwap_SaveImage, or ComfyUI's SaveImage) whose images are the
+    prediction's outputs."""
+    ids = [nid for nid, node in graph.items() if node["class_type"] in ("ModelSwap_SaveImage", "SaveImage")]
     if len(ids) != 1:
-        raise ValueError(f"The API workflow must have exactly one SaveImage node; it has {len(ids)}.")
+        raise ValueError(f"The API workflow must have exactly one save node (ModelSwap_SaveImage); it has {len(ids)}.")
     return ids[0]

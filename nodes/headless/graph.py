@@ -83,7 +83,7 @@ def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str])
                     inputs[key] = value
         if cls.endswith("_FaceRefine") and overrides.face_reference_mode:
             inputs["face_reference_mode"] = overrides.face_reference_mode
-        if cls == "SaveImage" and overrides.filename_prefix:
+        if cls.endswith("SaveImage") and overrides.filename_prefix:  # ComfyUI's or the pack's
             inputs["filename_prefix"] = overrides.filename_prefix
     for item in overrides.settings:
         _apply_setting(graph, item)
