@@ -25,6 +25,8 @@ from typing import Protocol
 from aiohttp import web
 
 from ..pipeline import errors as pipeline_errors
+from ..pipeline import provenance
+from ..provenance_graph import record_for
 from . import image_input, net
 from .config import ApiConfig
 from .history import MIME, encode, history_error, inside
@@ -314,9 +316,16 @@ class FashnApi:
         if len(images) != run.num_images:
             raise RuntimeError(f"the workflow saved {len(images)} images, {run.num_images} were asked for")
         result = []
+        found = record_for(_ran_graph(entry), prediction.output_node)  # what each output declares (README)
+        signing = provenance.signing_from_env()
+        parent = None
+        if signing is not None and found is not None and found.source_image:
+            source = inside(self.backend.input_dir, Path(found.source_image))
+            parent = source.read_bytes() if source.is_file() else None
         for i, info in enumerate(images):
+            record = None if found is None else found.for_image(i)
             data = await asyncio.to_thread(self._reencode, Path(info.get("subfolder", "")) / info["filename"],
-                                           run.output_format)
+                                           run.output_format, record, signing, parent)
             if run.return_base64:
                 result.append(f"data:{MIME[run.output_format]};base64,{base64.b64encode(data).decode()}")
             else:
@@ -326,7 +335,9 @@ class FashnApi:
                 result.append(f"{prediction.base_url}/v1/outputs/{prediction.id}/{name}")
         return result
 
-    def _reencode(self, relative: Path, fmt: str) -> bytes:
+    def _reencode(self, relative: Path, fmt: str, record=None, signing=None, parent=None) -> bytes:
+        """The saved PNG as ``fmt`` bytes without ComfyUI's workflow metadata, marked with ``record``
+        (XMP; C2PA too with ``signing``); the saved file is removed."""
         from PIL import Image
 
         source = inside(self.backend.output_dir, relative)
@@ -334,7 +345,7 @@ class FashnApi:
             img.load()
             data = encode(img.convert("RGB"), fmt)
         source.unlink()
-        return data
+        return provenance.mark(data, fmt, record, signing, parent)
 
     async def _forget_history(self, prediction: Prediction) -> None:
         try:
@@ -389,3 +400,9 @@ class FashnApi:
 
 def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ran_graph(entry: dict) -> dict:
+    """The graph ComfyUI ran, from its history entry ([number, id, graph, extra, outputs])."""
+    ran = entry.get("prompt")
+    return ran[2] if isinstance(ran, (list, tuple)) and len(ran) > 2 and isinstance(ran[2], dict) else {}
