@@ -5,68 +5,65 @@
     python scripts/get_models.py --engine sdxl          # an engine's default set (sdxl, flux2_klein)
     python scripts/get_models.py --model buffalo_l      # registry entries by key (repeatable)
     python scripts/get_models.py --list                 # name, size, licence, target; downloads nothing
+    python scripts/get_models.py --verify               # also check the SHA-256 of every file in place
         [--comfyui PATH/TO/ComfyUI] [--models-dir DIR] [-- COMFYUI FLAGS such as --base-directory DIR]
         [--accept-non-commercial]
 
-What a workflow needs is read from the workflow itself, by the same function that makes the
-headless runner report missing models (nodes/workflow_runner.py ``required_models``); where each
-model comes from is the model registry (nodes/pipeline/model_files.py). The model folders are the
-ones ComfyUI uses: ``<ComfyUI>/models`` (by default the ComfyUI this pack sits in, two folders up),
-or ``--base-directory``'s, plus ComfyUI's ``extra_model_paths.yaml`` and any
-``--extra-model-paths-config`` given after ``--``.
+What a workflow needs is read from the workflow itself (``required_models`` in nodes/headless/graph.py,
+which the headless runner's check uses too); where each model comes from is the model registry
+(nodes/pipeline/model_files.py). The model folders are ComfyUI's: ``<ComfyUI>/models`` (by default the
+ComfyUI this pack sits in, two folders up) or ``--base-directory``'s, plus ``extra_model_paths.yaml``
+and any ``--extra-model-paths-config`` given after ``--``.
 
-Files on the Hugging Face hub come through ``huggingface_hub`` (resumable, its progress bars,
-``HF_TOKEN`` for gated repos, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` honoured). Files published
-elsewhere (insightface's zips) come over plain HTTPS, resumed from a ``.part`` file, checked
-against the SHA-256 pinned in the registry and unzipped in place (``MODEL_SWAP_PINS`` may name a
-JSON file ``{"<key>": {"url": ..., "sha256": ...}}`` to take them from a mirror instead).
-
-A complete file is never downloaded or overwritten again. Every download is checked (size, and
-SHA-256 where it is known) before it is moved into place; a bad one is removed, with a message.
-Non-commercial weights are listed with their licences before anything is fetched; pass
-``--accept-non-commercial`` to accept them (or answer the question on a terminal).
-
-Exit codes: 0 everything is in place, 1 a download failed or was corrupt, 2 usage error,
-3 something cannot be fetched (no published source, gated without HF_TOKEN, offline mode),
-4 the licence notice was not accepted.
+Every file is fetched into ``<models>/.model-swap-downloads/`` and moved into place only when whole and
+checked (size, and SHA-256 where it is known: the hub's for its LFS files, the registry's pin for the
+insightface zips); a bad download is removed, with a message. An interrupted download resumes in the
+next run from the bytes already fetched. Files in place are size-checked against the hub on every run
+(a short file is completed, a longer one reported) and hashed with ``--verify``. Non-commercial weights
+are listed with their licences before anything is fetched: ``--accept-non-commercial`` accepts them
+(or answer the question on a terminal).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
 import shutil
 import sys
 import urllib.error
-import urllib.request
+import urllib.parse
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _hub  # noqa: E402
+from _fetch import (EXIT_FAILED, EXIT_LICENCE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, InstallError,  # noqa: E402
+                    download, git_blob_sha1, human, sha256_of)
 from _pack import split_comfy_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = ROOT / "workflows" / "model_swap_api.json"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_LICENCE = 0, 1, 2, 3, 4
 STAGING = ".model-swap-downloads"  # inside the first models folder: same disk, so finished files are renamed
-CHUNK = 1 << 20
+ENVIRONMENT = """environment:
+  HF_TOKEN            a read token for gated repos (or `hf auth login`)
+  HF_ENDPOINT         a mirror of the Hugging Face hub, e.g. https://hf-mirror.example (hub files)
+  HF_HUB_OFFLINE=1    download nothing
+  MODEL_SWAP_PINS     a JSON file {"<key>": {"url": ..., "sha256": ...}}: where a mirror serves a file
+                      published outside the hub (the insightface zips: antelopev2, buffalo_l) and its
+                      SHA-256; for a hub file served by HF_ENDPOINT, just {"sha256": ...} when the
+                      mirror's copy differs from the registry's pinned hash
+  MODEL_SWAP_RETRIES  retries of a dropped transfer within a run (default 5); the next run resumes
 
-
-class InstallError(RuntimeError):
-    """One model could not be installed; ``code`` is the exit code it calls for."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.code = code
+exit codes: 0 every model in place, 1 a download failed or was corrupt (run again to resume),
+2 usage error, 3 cannot be fetched (gated without HF_TOKEN, offline, a file of your own),
+4 the licence notice was not accepted."""
 
 
 def _pack():
     """The runner module (``required_models``, ``model_folders``) and the model registry."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import _pack as pack
 
     pack.import_pack()
@@ -126,144 +123,70 @@ def source_of(spec) -> tuple[str, str]:
     return spec.url, spec.sha256
 
 
-# --------------------------------------------------------------------- helpers
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def human(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
+# --------------------------------------------------------------------- checks
+def hash_problem(path: Path, remote) -> str:
+    """'' when ``path`` has the hash the source publishes (SHA-256, or git's object id), else what differs."""
+    if remote.sha256:
+        actual = sha256_of(path)
+        return "" if actual == remote.sha256 else f"SHA-256 {actual} instead of {remote.sha256}"
+    if remote.git_sha1:
+        actual = git_blob_sha1(path)
+        return "" if actual == remote.git_sha1 else f"git object id {actual} instead of {remote.git_sha1}"
     return ""
 
 
-def _hub_error(exc: Exception, spec) -> InstallError:
-    """A hub failure as a message that names the fix."""
-    from huggingface_hub import errors
-
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(exc, errors.GatedRepoError) or status in (401, 403):
-        return InstallError(
-            f"{spec.title}: the hub refused {spec.repo} (HTTP {status}): the repository is gated or private. "
-            f"Accept its terms at https://huggingface.co/{spec.repo} with your account, then set HF_TOKEN to "
-            f"a read token (export HF_TOKEN=hf_..., or run `hf auth login`) and run this again.", EXIT_UNAVAILABLE)
-    if isinstance(exc, errors.OfflineModeIsEnabled) or "offline" in type(exc).__name__.lower():
-        return InstallError(f"{spec.title}: HF_HUB_OFFLINE is set, so nothing can be downloaded from the hub. "
-                            f"Unset HF_HUB_OFFLINE and run again, or place the files yourself.", EXIT_UNAVAILABLE)
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        return InstallError(f"{spec.title}: the hub has no repository {spec.repo} (or it is private: set "
-                            f"HF_TOKEN).", EXIT_UNAVAILABLE)
-    if isinstance(exc, errors.EntryNotFoundError):
-        return InstallError(f"{spec.title}: {spec.repo} has no such file: {exc}", EXIT_UNAVAILABLE)
-    return InstallError(f"{spec.title}: download from {spec.repo} failed: {exc}. Run again to resume.")
+def part_for(staging: Path, spec, remote) -> Path:
+    """Where ``remote`` waits until whole; the hash in the name keeps a part of another version from resuming."""
+    tag = (remote.sha256 or remote.git_sha1)[:12]
+    return staging / spec.repo.replace("/", "--") / f"{remote.path}{'.' + tag if tag else ''}.part"
 
 
-# --------------------------------------------------------------------- the hub
-def hub_files(spec, token) -> list[str]:
-    """Paths in ``spec.repo`` to fetch: the one file, or every file matching the folder's patterns."""
-    if not spec.is_folder:
-        return list(spec.repo_files)
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    info = HfApi().model_info(spec.repo, token=token)
-    names = [s.rfilename for s in info.siblings or []]
-    return sorted(filter_repo_objects(names, allow_patterns=list(spec.repo_files)))
-
-
-def fetch_hub_file(spec, path_in_repo: str, target: Path, staging: Path, token, report) -> bool:
-    """Put ``spec.repo``'s ``path_in_repo`` at ``target``; False when it was already there."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-
-    if target.is_file():
-        return False
-    meta = get_hf_file_metadata(hf_hub_url(spec.repo, path_in_repo), token=token)
-    local_dir = staging / spec.repo.replace("/", "--")
-    downloaded = Path(hf_hub_download(spec.repo, path_in_repo, local_dir=local_dir, token=token))
-    problem = None
-    if meta.size is not None and downloaded.stat().st_size != meta.size:
-        problem = f"{downloaded.stat().st_size} bytes instead of {meta.size}"
-    else:
-        expected = source_of(spec)[1] if not spec.is_folder else ""
-        etag = (meta.etag or "").strip('"').lower()
-        expected = expected or (etag if len(etag) == 64 else "")  # LFS files: the etag is their SHA-256
-        if expected:
-            actual = sha256_of(downloaded)
-            if actual != expected:
-                problem = f"SHA-256 {actual} instead of {expected}"
-    metadata = local_dir / ".cache" / "huggingface" / "download" / f"{path_in_repo}.metadata"
-    if problem:
-        downloaded.unlink(missing_ok=True)
-        metadata.unlink(missing_ok=True)
-        raise InstallError(f"{spec.title}: the downloaded {path_in_repo} from {spec.repo} is corrupt ({problem}); "
-                           f"it was removed. Run again to download it afresh.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(downloaded), str(target))
-    metadata.unlink(missing_ok=True)
-    report(f"  got {target} ({human(target.stat().st_size)})")
-    return True
-
-
-def install_from_hub(spec, name: str, folder: Path, staging: Path, report) -> int:
-    """Download what is missing of ``spec`` into ``folder``; returns how many files were fetched."""
-    from huggingface_hub import errors
-    from huggingface_hub.utils import get_token
-
-    token = get_token()
-    try:
-        paths = hub_files(spec, token)
-        if not paths:
-            raise InstallError(f"{spec.title}: {spec.repo} holds no file matching {', '.join(spec.repo_files)}")
-        fetched = 0
-        for path in paths:
-            if spec.is_folder:
-                target = folder / name / path
+def check_in_place(spec, files, staging: Path, verify: bool, report) -> list:
+    """The (remote, target) pairs of ``files`` to fetch: absent, short (kept as the part to resume from)
+    or, with ``verify``, of the wrong hash (removed). A file longer than the published one is refused."""
+    fetch = []
+    for remote, target in files:
+        if not target.is_file():
+            fetch.append((remote, target))
+            continue
+        size = target.stat().st_size
+        if remote.size is not None and size > remote.size:
+            raise InstallError(f"{spec.title}: {target} has {size} bytes, the published {remote.path} has "
+                               f"{remote.size}: another file holds this name. Move it aside and run again to fetch "
+                               "the published one.", EXIT_UNAVAILABLE)
+        if remote.size is not None and size < remote.size:
+            report(f"  {target}: {human(size)} of {human(remote.size)} in place, incomplete; fetching the rest")
+            part = part_for(staging, spec, remote)
+            part.parent.mkdir(parents=True, exist_ok=True)
+            if part.is_file() and part.stat().st_size >= size:
+                target.unlink()
             else:
-                target = folder / name
-            fetched += fetch_hub_file(spec, path, target, staging, token, report)
-        return fetched
-    except errors.HfHubHTTPError as exc:
-        raise _hub_error(exc, spec) from exc
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as exc:
-        raise _hub_error(exc, spec) from exc
-    except OSError as exc:
-        raise InstallError(f"{spec.title}: download from {spec.repo} failed: {exc}. Run again to resume.") from exc
+                shutil.move(str(target), str(part))
+            fetch.append((remote, target))
+        elif verify and (problem := hash_problem(target, remote)):
+            target.unlink()
+            report(f"  {target}: {problem}; removed, fetching it again")
+            fetch.append((remote, target))
+    return fetch
 
 
-# --------------------------------------------------------------------- plain HTTPS (zips)
-def download_url(url: str, dest: Path, report) -> None:
-    """Download ``url`` to ``dest``, resuming from ``dest`` where a previous run stopped."""
-    from huggingface_hub.utils import tqdm
-
-    have = dest.stat().st_size if dest.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+# --------------------------------------------------------------------- downloads
+def fetch_hub_file(spec, remote, target: Path, staging: Path, report) -> None:
+    part = part_for(staging, spec, remote)
     try:
-        response = urllib.request.urlopen(request, timeout=60)
+        download(remote.url, part, label=Path(remote.path).name, size=remote.size, token=_hub.token(), report=report)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the part file is already whole
-            return
-        raise
-    with response:
-        if have and response.status != 206:
-            have = 0  # the server ignored the range: start over
-        total = response.headers.get("Content-Length")
-        total = int(total) + have if total is not None else None
-        if have:
-            report(f"  resuming {dest.name} at {human(have)}")
-        with open(dest, "ab" if have else "wb") as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                             desc=dest.name) as bar:
-            for block in iter(lambda: response.read(CHUNK), b""):
-                out.write(block)
-                bar.update(len(block))
-    if total is not None and dest.stat().st_size != total:
-        raise InstallError(f"{dest.name}: the connection closed at {dest.stat().st_size} of {total} bytes. "
-                           "Run again to resume.")
+        raise _hub.hub_error(exc, spec) from None
+    have = part.stat().st_size
+    problem = (f"{have} bytes instead of {remote.size}" if remote.size is not None and have != remote.size
+               else hash_problem(part, remote))
+    if problem:
+        part.unlink(missing_ok=True)
+        raise InstallError(f"{spec.title}: the downloaded {remote.path} from {spec.repo} is corrupt ({problem}); "
+                           "it was removed. Run again to download it afresh.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(part), str(target))
+    report(f"  got {target} ({human(have)})")
 
 
 def unpack(zip_path: Path, spec, name: str, folder: Path) -> None:
@@ -287,34 +210,35 @@ def unpack(zip_path: Path, spec, name: str, folder: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def install_from_url(mf, spec, name: str, folder: Path, staging: Path, report) -> int:
+def install_from_url(spec, name: str, folder: Path, staging: Path, report) -> None:
+    """A file published outside the hub (an insightface zip): downloaded, SHA-256 checked, unpacked."""
     url, sha = source_of(spec)
-    staging.mkdir(parents=True, exist_ok=True)
-    part = staging / f"{spec.key}-{Path(url).name}.part"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    file_name = Path(urllib.parse.urlsplit(url).path).name
+    if _hub.offline():
         raise InstallError(f"{spec.title}: offline mode (HF_HUB_OFFLINE) is set, so {url} is not fetched. "
                            "Unset it and run again, or place the files yourself.", EXIT_UNAVAILABLE)
+    part = staging / f"{spec.key}-{file_name}.part"
     try:
-        download_url(url, part, report)
-    except (urllib.error.URLError, OSError) as exc:
-        raise InstallError(f"{spec.title}: download from {url} failed: {exc}. Run again to resume.") from exc
+        download(url, part, label=file_name, report=report)
+    except urllib.error.HTTPError as exc:
+        raise InstallError(f"{spec.title}: {url} answered HTTP {exc.code}. A mirror can serve it instead: "
+                           "MODEL_SWAP_PINS (see --help).") from None
     actual = sha256_of(part)
     if actual != sha:
         part.unlink()
-        raise InstallError(f"{spec.title}: {Path(url).name} from {url} is corrupt (SHA-256 {actual}, expected {sha}); "
+        raise InstallError(f"{spec.title}: {file_name} from {url} is corrupt (SHA-256 {actual}, expected {sha}); "
                            "it was removed. Run again to download it afresh.")
-    if url.lower().endswith(".zip"):
+    if file_name.lower().endswith(".zip"):
         try:
             unpack(part, spec, name, folder)
         except zipfile.BadZipFile as exc:
-            raise InstallError(f"{spec.title}: {Path(url).name} is not a readable zip ({exc}); it was removed") from exc
+            raise InstallError(f"{spec.title}: {file_name} is not a readable zip ({exc}); it was removed") from None
         finally:
             part.unlink(missing_ok=True)
     else:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), str(folder / name))
     report(f"  got {folder / name}")
-    return 1
 
 
 # --------------------------------------------------------------------- the command
@@ -328,24 +252,26 @@ def licence_ok(items, mf, args) -> bool:
     if args.accept_non_commercial:
         print("Accepted with --accept-non-commercial.", file=sys.stderr)
         return True
-    if sys.stdin.isatty():
-        answer = input("Download them for non-commercial use? [y/N] ").strip().lower()
-        return answer in ("y", "yes")
+    if sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty():
+        try:
+            return input("Download them for non-commercial use? [y/N] ").strip().lower() in ("y", "yes")
+        except EOFError:
+            pass
     print("Run again with --accept-non-commercial to accept these licences and download them.", file=sys.stderr)
     return False
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Exit codes: 0 complete, 1 a download failed or was corrupt, 2 usage, "
-                                        "3 cannot be fetched (gated, offline, unpublished), 4 licence not accepted.")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT)
     ap.add_argument("--workflow", type=Path, action="append", default=[],
                     help="an API-format workflow whose models to get (repeatable; default "
                          "workflows/model_swap_api.json when neither --engine nor --model is given)")
     ap.add_argument("--engine", choices=("sdxl", "flux2_klein"), help="every model an engine's default set needs")
     ap.add_argument("--model", action="append", default=[], metavar="KEY", help="a registry entry by key (repeatable)")
     ap.add_argument("--list", action="store_true", help="print name, size, licence and target; download nothing")
+    ap.add_argument("--verify", action="store_true",
+                    help="also check the SHA-256 of every hub file in place (reads them all); a bad one is fetched again")
     ap.add_argument("--comfyui", type=Path, help="the ComfyUI folder (default: the one this pack is installed in)")
     ap.add_argument("--models-dir", type=Path, action="append", default=[],
                     help="a models folder to use instead of ComfyUI's (repeatable; downloads go to the first)")
@@ -360,6 +286,38 @@ def default_comfyui() -> Path | None:
     return candidate if ROOT.parent.name == "custom_nodes" and (candidate / "main.py").is_file() else None
 
 
+def plan(item, spec, folders, staging: Path, verify: bool, report) -> list | None:
+    """What to fetch for ``item``: [] when it is complete, (remote, target) pairs of hub files, or None
+    for the whole of a file published outside the hub. Raises InstallError when it cannot be had."""
+    found = folders.find(item.key, item.name)
+    folder = folders.target(spec.folder)
+    if item.name != spec.name or not (spec.repo or spec.url):
+        if found is not None:
+            return []
+        if item.name != spec.name:
+            raise InstallError(f"{item.name}: the workflow names a file of its own, not the published "
+                               f"{spec.name}; place it in {folder}/ yourself (or choose {spec.name} in "
+                               "the workflow)", EXIT_UNAVAILABLE)
+        raise InstallError(f"{spec.title}: no downloadable source; {spec.source}", EXIT_UNAVAILABLE)
+    if spec.url:
+        if found is not None and verify:
+            report(f"  {found}: unpacked from a zip, so checked for its files only")
+        return [] if found is not None else None
+    if found is not None and _hub.offline():
+        report(f"  {found}: not checked against the hub (HF_HUB_OFFLINE is set)")
+        return []
+    try:
+        remotes = _hub.remote_files(spec, "" if spec.is_folder else source_of(spec)[1])
+    except InstallError as exc:
+        if found is None:
+            raise
+        report(f"  {found}: not checked against the hub: {exc}")
+        return []
+    base = found or folder / item.name
+    return check_in_place(spec, [(r, base / r.path if spec.is_folder else base) for r in remotes],
+                          staging, verify, report)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, comfy_args = split_comfy_args(argv)
@@ -369,12 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.comfyui and not (args.comfyui / "main.py").is_file():
         print(f"error: --comfyui {args.comfyui} is not a ComfyUI folder (no main.py)", file=sys.stderr)
         return EXIT_USAGE
+    if comfyui is None and not args.models_dir and not wr.comfy_args_value(comfy_args, "--base-directory"):
+        print("error: this pack is not inside a ComfyUI's custom_nodes/ folder, so say where the models go: "
+              "--comfyui PATH/TO/ComfyUI or --models-dir DIR", file=sys.stderr)
+        return EXIT_USAGE
     try:
         folders = wr.model_folders(comfyui, comfy_args, args.models_dir)
         items = wanted(args, wr, mf)
     except wr.WorkflowError as exc:
-        print(f"error: {exc}. This pack is not inside a ComfyUI's custom_nodes/ folder, so say where: "
-              "--comfyui PATH/TO/ComfyUI or --models-dir DIR", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except InstallError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -388,45 +349,45 @@ def main(argv: list[str] | None = None) -> int:
             print("\t".join((item.name, spec.size, spec.licence, str(where), "present" if found else "missing")))
         return EXIT_OK
 
-    todo = [i for i in items if folders.find(i.key, i.name) is None]
-    for item in items:
-        if item not in todo:
-            print(f"{item.name}: complete in {folders.find(item.key, item.name)}", file=sys.stderr)
-    if not todo:
-        print("Every model is in place.", file=sys.stderr)
-        return EXIT_OK
-    if not licence_ok(todo, mf, args):
-        return EXIT_LICENCE
+    def report(message: str) -> None:
+        print(message, file=sys.stderr)
 
     staging = folders.roots[0] / STAGING
-    codes = []
+    plans, errors = {}, {}
+    for item in items:
+        try:
+            plans[item.key, item.name] = plan(item, mf.MODELS[item.key], folders, staging, args.verify, report)
+        except InstallError as exc:
+            errors[item.key, item.name] = exc
+    todo = [i for i in items if plans.get((i.key, i.name)) != [] and (i.key, i.name) not in errors]
+    for item in items:
+        if plans.get((item.key, item.name)) == []:
+            report(f"{item.name}: complete in {folders.find(item.key, item.name)}")
+    if todo and not licence_ok(todo, mf, args):
+        return EXIT_LICENCE
     for item in todo:
         spec = mf.MODELS[item.key]
         folder = folders.target(spec.folder)
-        print(f"{item.name} -> {folder}/ ({spec.size}, {spec.licence})", file=sys.stderr)
+        report(f"{item.name} -> {folder}/ ({spec.size}, {spec.licence})")
         try:
-            if item.name != spec.name:
-                raise InstallError(f"{item.name}: the workflow names a file of its own, not the published "
-                                   f"{spec.name}; place it in {folder}/ yourself (or choose {spec.name} in "
-                                   "the workflow)", EXIT_UNAVAILABLE)
-            if spec.repo:
-                install_from_hub(spec, item.name, folder, staging, lambda m: print(m, file=sys.stderr))
-            elif spec.url:
-                install_from_url(mf, spec, item.name, folder, staging, lambda m: print(m, file=sys.stderr))
-            else:
-                raise InstallError(f"{spec.title}: no downloadable source; {mf.describe(spec, item.name)}",
-                                   EXIT_UNAVAILABLE)
+            files = plans[item.key, item.name]
+            if files is None:
+                install_from_url(spec, item.name, folder, staging, report)
+            for remote, target in files or []:
+                fetch_hub_file(spec, remote, target, staging, report)
             if folders.find(item.key, item.name) is None:
                 raise InstallError(f"{spec.title}: downloaded, but {folder / item.name} is still incomplete "
                                    f"(it needs {', '.join(spec.files) or item.name})")
         except InstallError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            codes.append(exc.code)
-    if codes:
-        print(f"{len(codes)} of {len(todo)} models are not in place (see the errors above).", file=sys.stderr)
+            errors[item.key, item.name] = exc
+    for exc in errors.values():
+        report(f"error: {exc}")
+    if errors:
+        codes = [exc.code for exc in errors.values()]
+        report(f"{len(errors)} of {len(items)} models are not in place (see the errors above).")
         return EXIT_FAILED if EXIT_FAILED in codes else max(codes)
     shutil.rmtree(staging, ignore_errors=True)  # nothing left to resume
-    print("Every model is in place.", file=sys.stderr)
+    report("Every model is in place.")
     return EXIT_OK
 
 

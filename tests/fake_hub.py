@@ -1,11 +1,13 @@
 """A Hugging Face hub stand-in on 127.0.0.1 for the installer's tests (HF_ENDPOINT points here).
 
-It answers what ``huggingface_hub`` asks of the real hub: ``/api/models/<repo>[/revision/<rev>]``
-(the file list), ``HEAD``/``GET /<repo>/resolve/<rev>/<path>`` with the headers the client reads
-(``X-Repo-Commit``, ``X-Linked-Etag`` = the file's SHA-256, ``X-Linked-Size``, ``Content-Length``)
-and byte ranges, plus plain files under ``/files/<name>`` (the insightface zips). Tests can mark a
-repo gated (401 ``GatedRepo``), serve other bytes for a file (corruption) or cut a transfer half
-way (an interrupted download), and read which files were fetched.
+It answers what ``huggingface_hub`` and the installer ask of the real hub:
+``/api/models/<repo>[/revision/<rev>]`` (the file list; with ``?blobs=true`` each file's size, git
+object id and, for weights kept in LFS, SHA-256), ``HEAD``/``GET /<repo>/resolve/<rev>/<path>`` with
+the headers the client reads (``X-Repo-Commit``, ``X-Linked-Etag`` = the file's SHA-256,
+``X-Linked-Size``, ``Content-Length``) and byte ranges, plus plain files under ``/files/<name>`` (the
+insightface zips). Tests can mark a repo gated (401 ``GatedRepo``), serve other bytes for a file
+(corruption) or cut transfers short (``cut``: for each coming GET of a file, how many bytes to send
+before closing the connection), and read which files were fetched and how many bytes were sent.
 
 :func:`repos_from_models` turns a models folder of tiny test models into repos in the published
 layouts, using the model registry: single files at their repo path, folder models file by file
@@ -35,8 +37,9 @@ class FakeHub:
         self.files = dict(files or {})
         self.gated: set[str] = set()
         self.corrupt: dict[tuple[str, str], bytes] = {}  # (repo, path) -> bytes served instead
-        self.cut: set[tuple[str, str]] = set()  # the next GET of these sends half, then closes
+        self.cut: dict[tuple[str, str], list[int]] = {}  # per coming GET: body bytes sent before closing
         self.gets: Counter = Counter()  # (repo or "files", path) -> GET requests
+        self.sent: Counter = Counter()  # (repo or "files", path) -> body bytes sent
         self.ranges: list[tuple[str, str, int]] = []  # (repo, path, first byte) of ranged GETs
         self._server: ThreadingHTTPServer | None = None
 
@@ -77,8 +80,10 @@ class FakeHub:
                 return self._error(h, 401, "GatedRepo", f"Access to model {repo} is restricted.")
             if repo not in self.repos:
                 return self._error(h, 404, "RepoNotFound", "Repository not found")
+            blobs = "blobs=true" in urllib.parse.urlsplit(h.path).query.lower()
             body = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
-                               "siblings": [{"rfilename": p} for p in sorted(self.repos[repo])]}).encode()
+                               "siblings": [_sibling(p, data, blobs) for p, data in sorted(self.repos[repo].items())]})
+            body = body.encode()
             return self._send(h, 200, body, {"Content-Type": "application/json"}, head)
         if path.startswith("/files/"):
             name = path[len("/files/"):]
@@ -117,17 +122,19 @@ class FakeHub:
         status = 206 if start else 200
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(served) - 1}/{len(served)}"
-        if (repo, path) in self.cut:
-            self.cut.discard((repo, path))
+        if self.cut.get((repo, path)):
+            keep = self.cut[(repo, path)].pop(0)
             h.send_response(status)
             for k, v in headers.items():
                 h.send_header(k, v)
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()
-            h.wfile.write(body[: len(body) // 2])
+            h.wfile.write(body[:keep])
             h.wfile.flush()
+            self.sent[(repo, path)] += len(body[:keep])
             h.close_connection = True
             return
+        self.sent[(repo, path)] += len(body)
         self._send(h, status, body, headers, False)
 
     @staticmethod
@@ -144,6 +151,22 @@ class FakeHub:
         body = json.dumps({"error": message}).encode()
         self._send(h, status, body, {"X-Error-Code": code, "X-Error-Message": message,
                                      "Content-Type": "application/json"}, h.command == "HEAD")
+
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth", ".ckpt", ".gguf", ".zip")
+
+
+def _sibling(path: str, data: bytes, blobs: bool) -> dict:
+    """A file of /api/models' ``siblings``: the name, and with ``blobs`` what the hub adds (size, git
+    object id; an ``lfs`` entry with the SHA-256 for the weights that the hub keeps in LFS)."""
+    if not blobs:
+        return {"rfilename": path}
+    entry = {"rfilename": path, "size": len(data),
+             "blobId": hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()}
+    if path.endswith(LFS_SUFFIXES):
+        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest(),
+                        "size": len(data), "pointerSize": 134}
+    return entry
 
 
 def _zip_folder(folder: Path, top: str) -> bytes:

@@ -169,33 +169,117 @@ def test_fresh_folder_ends_complete_and_a_second_run_downloads_nothing(hub, tmp_
     assert "Every model is in place" in again.stderr
 
 
-def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
-    """Both transfers are cut half way. huggingface_hub retries the hub file within the run (from
-    what it had written: nothing, below its 10 MB write chunk); the zip resumes in the next run from
-    its .part file with a Range request, and only the missing bytes travel."""
-    models = tmp_path / "models"
-    weights = ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "unet/diffusion_pytorch_model.fp16.safetensors")
-    hub.cut = {weights, ("files", "antelopev2.zip")}
-    hub.ranges.clear()
-    hub.gets.clear()
-    first = install(hub, "--workflow", SDXL, "--models-dir", models, "--accept-non-commercial")
-    assert first.returncode == 1, first.stderr
-    assert "antelopev2" in first.stderr and "Run again to resume" in first.stderr
-    assert hub.gets[weights] == 2  # cut, then fetched again by the hub client
-    unet = models / "diffusers" / weights[0].split("/")[1] / weights[1]
-    assert unet.read_bytes() == hub.repos[weights[0]][weights[1]]
-    missing = wr.missing_models(wr.required_models(wr.load_workflow(SDXL)), [models])
-    assert len(missing) == 1 and "antelopev2" in missing[0]
-    (part,) = (models / ".model-swap-downloads").glob("*.part")
-    assert 0 < part.stat().st_size < len(hub.files["antelopev2.zip"])
-    already = part.stat().st_size
+def errors(stderr: str) -> list[str]:
+    """The installer's error lines; a traceback would fail the test that reads them."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
-    second = install(hub, "--workflow", SDXL, "--models-dir", models, "--accept-non-commercial")
+
+def test_a_transfer_cut_again_and_again_exits_1_with_one_line_and_the_next_run_fetches_only_the_rest(hub, tmp_path):
+    """The hub file and the zip are each cut after a few bytes, then every retry gets nothing: each ends
+    in one error line and exit 1, the bytes stay; the next run asks for the rest with a Range request
+    and the hub sends exactly the missing bytes (counted by the fake hub)."""
+    models = tmp_path / "models"
+    weights = ("Comfy-Org/Flux-2-Klein-4B", "split_files/diffusion_models/flux-2-klein-4b.safetensors")
+    zipped = ("files", "antelopev2.zip")
+    sizes = {weights: len(hub.repos[weights[0]][weights[1]]), zipped: len(hub.files[zipped[1]])}
+    hub.cut = {weights: [5000] + [0] * 9, zipped: [7000] + [0] * 9}
+    hub.sent.clear()
+    hub.ranges.clear()
+    args = ("--model", "flux2_klein_transformer", "--model", "antelopev2", "--models-dir", models,
+            "--accept-non-commercial")
+    try:
+        first = install(hub, *args, env=hub_env(hub, MODEL_SWAP_RETRIES="1"))
+    finally:
+        hub.cut = {}
+    assert first.returncode == 1, first.stderr
+    lines = errors(first.stderr)
+    assert len(lines) == 2 and all("failed" in line and "run the same command again" in line for line in lines)
+    assert any("flux-2-klein-4b.safetensors" in line for line in lines) and any("antelopev2" in line for line in lines)
+    assert hub.sent == {weights: 5000, zipped: 7000}
+    assert not (models / "diffusion_models" / "flux-2-klein-4b.safetensors").exists()
+
+    hub.sent.clear()
+    second = install(hub, *args)
     assert second.returncode == 0, second.stderr
-    assert "resuming" in second.stderr
-    assert wr.missing_models(wr.required_models(wr.load_workflow(SDXL)), [models]) == []
-    assert hub.ranges == [("files", "antelopev2.zip", already)]
-    assert hub.gets[weights] == 2  # the finished file was not fetched again
+    assert hub.sent == {weights: sizes[weights] - 5000, zipped: sizes[zipped] - 7000}
+    assert sorted(hub.ranges[-2:]) == sorted([(*weights, 5000), (*zipped, 7000)])
+    assert (models / "diffusion_models" / "flux-2-klein-4b.safetensors").read_bytes() == hub.repos[weights[0]][weights[1]]
+    assert "resuming" in second.stderr and not (models / ".model-swap-downloads").exists()
+
+
+def test_a_truncated_file_in_place_is_completed_and_a_longer_one_is_reported(hub, tmp_path):
+    models = tmp_path / "models"
+    assert install(hub, "--model", "yunet", "--model", "sface", "--models-dir", models).returncode == 0
+    yunet = models / "facedetection" / "face_detection_yunet_2023mar.onnx"
+    good = yunet.read_bytes()
+    yunet.write_bytes(good[:1000])
+    hub.sent.clear()
+    again = install(hub, "--model", "yunet", "--model", "sface", "--models-dir", models)
+    assert again.returncode == 0, again.stderr
+    assert "incomplete" in again.stderr and yunet.read_bytes() == good
+    assert sum(hub.sent.values()) == len(good) - 1000  # only the missing bytes; sface was not fetched again
+
+    yunet.write_bytes(good + b"more")
+    longer = install(hub, "--model", "yunet", "--models-dir", models)
+    assert longer.returncode == 3
+    (line,) = errors(longer.stderr)
+    assert str(yunet) in line and "another file" in line and "Move it aside" in line
+    assert yunet.read_bytes() == good + b"more"  # the user's file is left alone
+
+
+def test_verify_hashes_the_files_in_place_and_fetches_a_damaged_one_again(hub, tmp_path):
+    models = tmp_path / "models"
+    args = ("--model", "human_parser", "--models-dir", models, "--accept-non-commercial")
+    assert install(hub, *args).returncode == 0
+    folder = models / "human_parsing" / "fashn-human-parser"
+    weights, config = folder / "model.safetensors", folder / "config.json"  # an LFS file and a small git one
+    good = {p: p.read_bytes() for p in (weights, config)}
+    for path in good:  # same size, other bytes: only a hash can tell
+        path.write_bytes(bytes([good[path][0] ^ 1]) + good[path][1:])
+    hub.gets.clear()
+    plain = install(hub, *args)
+    assert plain.returncode == 0 and "complete in" in plain.stderr and sum(hub.gets.values()) == 0
+    verified = install(hub, *args, "--verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "SHA-256" in verified.stderr and "git object id" in verified.stderr
+    assert {p: p.read_bytes() for p in good} == good
+
+
+def test_a_download_of_the_wrong_size_is_removed_with_the_installers_message(hub, tmp_path):
+    repo, path = "opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx"
+    hub.corrupt[(repo, path)] = hub.repos[repo][path] + b"trailing bytes"
+    try:
+        done = install(hub, "--model", "yunet", "--models-dir", tmp_path)
+    finally:
+        hub.corrupt.clear()
+    assert done.returncode == 1
+    (line,) = errors(done.stderr)
+    assert "is corrupt" in line and "bytes instead of" in line and "it was removed" in line
+    assert "force_download" not in done.stderr
+    assert not list((tmp_path / ".model-swap-downloads").rglob("*.part"))
+
+
+def test_closed_stdin_without_the_flag_exits_4_with_the_licence_notice(hub, tmp_path):
+    command = [sys.executable, str(INSTALLER), "--model", "faceid", "--models-dir", str(tmp_path)]
+    done = subprocess.run(["sh", "-c", '"$@" <&-', "sh", *command], env=hub_env(hub), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 4, done.stderr
+    assert "NON-COMMERCIAL" in done.stderr and "--accept-non-commercial" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_outside_comfyui_the_installer_says_where_to_point_it_once(hub):
+    done = install(hub)  # this checkout is not inside a ComfyUI's custom_nodes/
+    assert done.returncode == 2
+    (line,) = errors(done.stderr)
+    assert line.count("--comfyui PATH/TO/ComfyUI") == 1 and "--models-dir DIR" in line
+
+
+def test_help_names_the_mirror_settings_and_the_verify_option(hub):
+    text = install(hub, "--help").stdout
+    for word in ("HF_ENDPOINT", "MODEL_SWAP_PINS", "HF_TOKEN", "HF_HUB_OFFLINE", "MODEL_SWAP_RETRIES", "--verify",
+                 "antelopev2"):
+        assert word in text
 
 
 def test_a_corrupted_download_is_detected_and_removed(hub, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 import comfy_harness
+import provenance_check as pc
 import tiny_models
 from comfyui_model_swap.nodes import workflow_runner as wr
 
@@ -77,6 +79,73 @@ def test_base_directory_given_to_comfyui_is_where_the_models_are_looked_up(fake_
     assert "Models missing" not in err and "ComfyUI exited while starting" in err
 
 
+NO_CUDA_LOG = """Checkpoint files will always be loaded safely.
+Traceback (most recent call last):
+  File "/opt/ComfyUI/comfy/model_management.py", line 188, in get_torch_device
+    return torch.device(torch.cuda.current_device())
+  File "/opt/venv/lib/python3.11/site-packages/torch/cuda/__init__.py", line 522, in _lazy_init
+    raise AssertionError("Torch not compiled with CUDA enabled")
+AssertionError: Torch not compiled with CUDA enabled
+"""
+
+
+def test_comfyui_without_cuda_exits_1_with_the_cpu_hint(fake_comfyui, photos, tmp_path, tiny_models_dir, capsys):
+    """A ComfyUI whose start stops where a CPU-only torch stops it (the real log's last lines, as
+    ComfyUI 0.3.75 prints them without --cpu): the runner says why and how to run on the CPU."""
+    (fake_comfyui / "main.py").write_text(f"import sys\nsys.stdout.write({NO_CUDA_LOG!r})\nsys.exit(1)\n")
+    code = run_workflow.main([str(PLAIN), "--image", str(photos / "model.jpg.png"), "--out", str(tmp_path / "out"),
+                              "--comfyui", str(fake_comfyui), "--models-dir", str(tiny_models_dir)])
+    err = capsys.readouterr().err
+    assert code == wr.EXIT_FAILED == 1
+    (line,) = err.strip().splitlines()
+    assert "no usable CUDA GPU" in line and "-- --cpu" in line and "comfyui-run-" in line
+
+
+def test_a_real_comfyui_on_a_torch_without_cuda_gets_the_cpu_hint(tmp_path, monkeypatch):
+    """The real ComfyUI started as a user would without `-- --cpu`, on this CPU-only torch."""
+    import torch
+
+    comfy_harness.require_comfyui()
+    if torch.cuda.is_available():
+        pytest.skip("torch has CUDA here: ComfyUI starts without --cpu (the fake ComfyUI above covers the message)")
+    base = tmp_path / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    monkeypatch.setenv("PYTHONPATH", str(comfy_harness.TORCHVISION_STUB))
+    runner = wr.LocalComfy(comfy_harness.comfyui_path(), ["--base-directory", str(base), "--front-end-root",
+                                                          str(base), "--database-url", "sqlite:///:memory:"])
+    with pytest.raises(wr.WorkflowError, match="Torch not compiled with CUDA enabled") as failure:
+        with runner:
+            pass
+    assert "-- --cpu" in str(failure.value)
+
+
+@pytest.mark.parametrize("last_line, fix", [
+    ("OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8188): address already in use",
+     "port 8188 is already in use"),
+    ("ModuleNotFoundError: No module named 'yaml'", "-m pip install pyyaml"),
+    ("ModuleNotFoundError: No module named 'torchsde._brownian'", "-m pip install torchsde"),
+    ("RuntimeError: something else", "RuntimeError: something else"),
+])
+def test_other_startup_failures_say_their_fix(last_line, fix, tmp_path):
+    log = f"Traceback (most recent call last):\n  File \"main.py\", line 1\n{last_line}\n"
+    said = wr.diagnose_startup(log, "/venv/bin/python", tmp_path)
+    assert fix in said
+    if "pip install" in fix:
+        assert f"-m pip install -r {tmp_path / 'requirements.txt'}" in said
+    if "port" in fix:
+        assert "-- --port" in said
+
+
+def test_a_port_given_after_the_double_dash_that_is_taken_is_refused_before_starting(fake_comfyui):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(wr.WorkflowError, match=f"port {port} is already in use.*-- --port"):
+            with wr.LocalComfy(fake_comfyui, ["--cpu", "--port", str(port)]):
+                pass
+
+
 def test_usage_errors_exit_2(photos, tmp_path, capsys):
     common = ["--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"]
     assert run_workflow.main([str(PLAIN), "--image", str(tmp_path / "absent.png"), *common]) == wr.EXIT_USAGE == 2
@@ -138,7 +207,8 @@ def test_a_ui_format_or_broken_file_is_refused(tmp_path):
 def test_the_command_runs_a_shipped_workflow_against_a_running_comfyui(tmp_path, photos, tiny_models_dir, capsys):
     models = tmp_path / "models"
     shutil.copytree(tiny_models_dir, models, symlinks=True)
-    with comfy_harness.ComfyServer(tmp_path / "comfy", models_dir=models) as server:
+    chain = pc.make_chain(tmp_path / "c2pa")  # ComfyUI signs C2PA manifests with the test chain
+    with comfy_harness.ComfyServer(tmp_path / "comfy", models_dir=models, env=chain.env()) as server:
         code = run_workflow.main([str(WITH_REFERENCE), "--image", str(photos / "model.jpg.png"), "--face-reference",
                                   str(photos / "face.png"), "--seed", "5", "--num-images", "2",
                                   "--set", "ModelSwap_FaceRefine.work_size=256",
@@ -150,3 +220,10 @@ def test_the_command_runs_a_shipped_workflow_against_a_running_comfyui(tmp_path,
     assert len(files) == 2 and all(f.parent == tmp_path / "out" and f.is_file() for f in files)
     images = [np.array(Image.open(f).convert("RGB")) for f in files]
     assert images[0].shape == (128, 128, 3) and not np.array_equal(images[0], images[1])
+    for seed, f in zip((5, 6), files):  # the files say how they were made: XMP and a valid C2PA manifest
+        data = f.read_bytes()
+        tags = pc.exif_xmp(data)
+        assert tags["XMP-iptcExt:DigitalSourceType"] == pc.COMPOSITE and tags["XMP-modelswap:Seed"] == seed
+        assert tags["XMP-modelswap:Engine"] == "flux2_klein" and tags["XMP-modelswap:FaceReference"] is True
+        manifest, state = pc.c2pa_manifest(data, chain)
+        assert state == "Trusted" and [a["action"] for a in pc.actions(manifest)] == ["c2pa.opened", "c2pa.edited"]
