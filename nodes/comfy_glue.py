@@ -1,9 +1,10 @@
-"""What the nodes need from ComfyUI's internals: model folders, tensors, progress, memory.
+"""What the nodes need from ComfyUI's internals: model folders, tensors, progress.
 
 The node modules themselves import only ComfyUI's public node API (``comfy_api.latest``);
 everything else the nodes need from ComfyUI (``folder_paths``, ``comfy.utils``,
 ``comfy.model_management``) goes through here, imported lazily so the pack's import stays
-cheap. The HTTP API is the other user of ComfyUI internals: ``fashn_api/register.py`` and
+cheap, except model memory: ``comfy_memory.py`` hands the pack's torch models to ComfyUI's
+memory management (``comfy.model_patcher``, ``load_models_gpu``). The HTTP API is the other user of ComfyUI internals: ``fashn_api/register.py`` and
 ``fashn_api/comfy_backend.py`` read the server (``server.PromptServer``, ``comfy.cli_args``)
 and ``folder_paths``. The comfy-free pipeline (``pipeline/``) never sees ComfyUI.
 """
@@ -136,14 +137,6 @@ def torch_device(choice: str):
 
         return mm.get_torch_device()
     return choice
-
-
-def free_comfy_memory() -> None:
-    """Unload what ComfyUI holds before our own sampling needs the VRAM."""
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    mm.soft_empty_cache()
 
 
 def step_callback(total_hint: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension
 
-from . import comfy_glue
+from . import comfy_glue, comfy_memory
 from .loader_nodes import LOADERS
 from .save_node import SAVE_NODES
 from .swap_nodes import SWAP_NODES
@@ -13,10 +13,12 @@ from .swap_nodes import SWAP_NODES
 class ModelSwapExtension(ComfyExtension):
     async def on_load(self) -> None:  # ComfyUI versions that call it; get_node_list covers the rest
         comfy_glue.register_model_folders()
+        comfy_memory.install()
         _register_api()
 
     async def get_node_list(self):
         comfy_glue.register_model_folders()  # before schemas list the installed models
+        comfy_memory.install()  # before any loader runs: ComfyUI places the pack's models
         _register_api()
         return [*LOADERS, *SWAP_NODES, *SAVE_NODES]
 

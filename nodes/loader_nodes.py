@@ -200,7 +200,8 @@ class KleinLoader(io.ComfyNode):
                 io.Combo.Input("text_encoder", options=glue.with_default(
                     glue.list_files("text_encoders"), MODELS["flux2_klein_text_encoder"].name),
                     default=MODELS["flux2_klein_text_encoder"].name,
-                    tooltip="Qwen3-4B (bf16) from models/text_encoders; kept on the CPU between prompts."),
+                    tooltip="Qwen3-4B (bf16) from models/text_encoders; ComfyUI loads it to encode a new "
+                            "prompt and offloads it when the memory is needed."),
                 io.Combo.Input("vae", options=glue.with_default(glue.list_files("vae"), MODELS["flux2_vae"].name),
                                default=MODELS["flux2_vae"].name, tooltip="The FLUX.2 VAE from models/vae."),
                 io.Combo.Input("device", options=DEVICES, default="auto",

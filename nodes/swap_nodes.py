@@ -183,7 +183,6 @@ class ModelSwapSampler(io.ComfyNode):
                                     controlnet_scale=controlnet_scale, body_strength=body_strength, person=person)
         for i, encoded in enumerate(job):  # refuse what the engine cannot do before any sampling
             check_engine_fits(generator, encoded, controls[min(i, len(controls) - 1)])
-        glue.free_comfy_memory()
         out, images = [], []
         for i, encoded in enumerate(job):
             sampled = generate(generator, encoded, settings, control_image=controls[min(i, len(controls) - 1)],
@@ -233,7 +232,6 @@ class FaceRefine(io.ComfyNode):
         from .pipeline.pipeline import finish
 
         settings = RefineSettings(strength=strength, steps=steps, work_size=work_size, margin=margin)
-        glue.free_comfy_memory()
         images, crops, crop_masks = [], [], []
         for sampled in job:
             if enabled:

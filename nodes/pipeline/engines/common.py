@@ -64,9 +64,13 @@ def check_offload(offload: str, device) -> str:
 
 
 def place(pipe, device, offload: str) -> None:
+    """Model CPU offload, or everything on ``device``; under a memory host (placement.py) the
+    modules stay on the CPU until the host loads them for a use."""
+    from .. import placement
+
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
-    else:
+    elif not placement.managed():
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 

@@ -22,7 +22,9 @@ Sampling is diffusers' ``Flux2KleinInpaintPipeline``. What this module adds arou
 - Identity: ``IdentityCondition.reference`` is the pipeline's ``image_reference`` (scaled to at
   most 1 MP by the pipeline); a scale of 0 turns it off, other scales are on (klein has no weight).
 - The text encoder lives on the CPU between prompts: it is moved to the device to encode, moved
-  back, and prompt embeddings are cached per prompt. Model CPU offload covers the rest.
+  back, and prompt embeddings are cached per prompt. Model CPU offload covers the rest. Under a
+  memory host (ComfyUI, see placement.py) the host loads it for encoding as a text encoder and
+  offloads it when the room is needed; the engine then moves no module itself.
 - FP8 transformer files (``float8_e4m3fn`` weights) stay FP8 in memory and compute in the
   engine dtype through diffusers' layerwise casting; FP8 files with per-tensor scales
   (ComfyUI's "scaled fp8") are dequantised to the engine dtype instead, because re-casting
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import placement
 from ..contract import SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError, MissingModelError
 from . import common
@@ -247,7 +250,10 @@ class Flux2KleinEngine:
 
         todo = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if todo:
-            self.text_encoder.to(self.device)
+            hosted = self.offload == "none" and placement.use(self.device, {"text_encoder": self.text_encoder})
+            if not hosted:  # the engine moves it itself, and back to the CPU below
+                placement.make_room(self.device, {"text_encoder": self.text_encoder})
+                self.text_encoder.to(self.device)
             try:
                 with torch.inference_mode():
                     for prompt in todo:
@@ -257,7 +263,7 @@ class Flux2KleinEngine:
                         while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
                             self._prompt_cache.popitem(last=False)
             finally:
-                if self.device.type != "cpu":
+                if not hosted and self.device.type != "cpu":
                     self.text_encoder.to("cpu")
                     common.free_accelerator_memory()
         for p in prompts:
@@ -265,6 +271,11 @@ class Flux2KleinEngine:
         return torch.cat([self._prompt_cache[p] for p in prompts], dim=0)
 
     # ----------------------------------------------------------------- latents
+
+    def _load(self) -> None:
+        """Under a memory host (placement.py) the host loads the transformer and the VAE; without
+        one nothing moves here (they were placed at load)."""
+        placement.use_pipeline(self.pipe, self.device, self.offload)
 
     def _exec_device(self):
         return self.pipe._execution_device
@@ -275,6 +286,8 @@ class Flux2KleinEngine:
         import torch
         from PIL import Image
 
+        if device is None:
+            self._load()
         height, width = image.shape[:2]
         pixels = self.pipe.image_processor.preprocess(Image.fromarray(image), height=height, width=width)
         with torch.inference_mode():
@@ -306,6 +319,7 @@ class Flux2KleinEngine:
         if len(request.prompts) != len(seeds):
             raise InputValidationError(f"{len(request.prompts)} prompts for {len(seeds)} seeds: give one prompt per seed.")
         embeds = self.prompt_embeds(tuple(request.prompts))
+        self._load()
         pipe = self.pipe
         exec_device = self._exec_device()  # diffusers walks every module for it (~6 ms on CPU): ask once
         source = self.encode_source(image, exec_device)
@@ -359,6 +373,7 @@ class Flux2KleinEngine:
     def decode(self, latents) -> list[np.ndarray]:
         import torch
 
+        self._load()
         vae = self.pipe.vae
         with torch.inference_mode():
             images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import placement
 from ..contract import steps_run
 from . import common
 from .base import InpaintRequest, StepCallback, is_binary, strength_thresholds
@@ -54,6 +55,8 @@ def inpaint(engine, req: InpaintRequest, on_step: StepCallback | None = None) ->
     import torch
 
     pipe, n = engine.pipe, len(req.seeds)
+    encoder = engine.faceid.image_encoder if engine.faceid is not None else None
+    placement.use_pipeline(pipe, engine.device, engine.offload, image_encoder=encoder)  # a memory host loads them
     h, w = req.image.shape[:2]
     steps, total = steps_run(req.steps, req.strength)
     binary = (req.mask > 0).astype(np.float32)
