@@ -29,6 +29,11 @@ class NoFaceError(InputValidationError):
     """The face reference image contains no detectable face."""
 
 
+class DependencyError(ModelSwapError, RuntimeError):
+    """An installed library is missing or of a version this pack was not tested with; the message
+    names the version found, the supported range and the pip command that fixes it."""
+
+
 class MissingModelError(ModelSwapError, FileNotFoundError):
     """A model file or folder the pipeline needs is not installed.
 

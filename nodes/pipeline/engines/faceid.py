@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InputValidationError, MissingModelError
 from ..model_files import MODELS, describe, faceid_key, faceid_lora_key, missing_error, require
+from . import diffusers_compat
 from .weights import read_state_dict
 
 FACEID, FACEID_PLUSV2 = "faceid", "faceid_plusv2"
@@ -186,7 +187,7 @@ def _clone_unet(unet):
     clone.load_state_dict(unet.state_dict(keep_vars=True), strict=True, assign=True)
     for name, buf in unet.named_buffers():  # non-persistent ones too
         owner, _, leaf = name.rpartition(".")
-        clone.get_submodule(owner)._buffers[leaf] = buf
+        clone.get_submodule(owner)._buffers[leaf] = buf  # torch's own registry: keeps non-persistent buffers
     return clone.eval()
 
 
@@ -195,13 +196,13 @@ def _new_pipeline(base, unet):
     from_pipe's final ``to(dtype)``, which casts every shared component to one dtype (float32 unless
     told) and so would change the base's fp16 text encoders or its fp32 VAE."""
     cls = type(base)
-    modules, optional = cls._get_signature_keys(base)
+    modules, optional = diffusers_compat.signature_keys(cls, base)
     kwargs = {k: v for k, v in base.components.items() if k in modules}
     kwargs.update({k: base.config[k] for k in optional if k in base.config})
     if "add_watermarker" in optional:
         kwargs["add_watermarker"] = getattr(base, "watermark", None) is not None
     pipe = cls(**{**kwargs, "unet": unet, "scheduler": type(base.scheduler).from_config(base.scheduler.config)})
-    pipe.set_progress_bar_config(**getattr(base, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**diffusers_compat.progress_bar_config(base))
     return pipe
 
 
@@ -219,6 +220,7 @@ def attach(base_pipe, files: FaceIDFiles, *, offload: str = "none", clip_config=
     """A new pipeline of ``base_pipe``'s class with FaceID loaded (see the module docstring), and its state.
     ``offload``: "none" or "model" (the base uses diffusers' model CPU offload). ``clip_config`` replaces the
     shipped ViT-H/14 config of a single-file image encoder (tests use a tiny one)."""
+    diffusers_compat.check("faceid")
     adapter = require(faceid_key(Path(files.adapter).name), files.adapter)
     sd = read_adapter(adapter)
     unet = _clone_unet(base_pipe.unet)
@@ -265,7 +267,7 @@ def attach(base_pipe, files: FaceIDFiles, *, offload: str = "none", clip_config=
     if offload == "model":
         # diffusers' own (its LoRA loader does this too on seeing the base's hooks): the shared components'
         # hooks join this chain, and each pipeline re-hooks its own at the end of every call.
-        pipe.enable_model_cpu_offload(device=getattr(base_pipe, "_offload_device", None))
+        pipe.enable_model_cpu_offload(device=diffusers_compat.offload_device(base_pipe))
     return pipe, FaceIDState(kind=kind, image_encoder=encoder, lora=source,
                              lora_scale=float(files.lora_scale) if lora is not None else 0.0, offload=offload)
 
@@ -295,7 +297,7 @@ def identity_kwargs(pipe, state: FaceIDState, identity, num_images: int, do_cfg:
     ``(2N|N, 1, tokens, hidden)`` with the shortcut on, as diffusers expects."""
     import torch
 
-    device, dtype = pipe._execution_device, pipe.unet.dtype
+    device, dtype = diffusers_compat.execution_device(pipe), pipe.unet.dtype
     if identity is None:
         embed, scale = torch.zeros(1, 1, ID_DIM), 0.0
     else:

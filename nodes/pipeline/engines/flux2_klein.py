@@ -45,7 +45,7 @@ import numpy as np
 from .. import placement
 from ..contract import SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError, MissingModelError
-from . import common
+from . import common, diffusers_compat
 from . import flux2_klein_files as kfiles
 from .flux2_klein_files import FOLDER_KEY, TEXT_ENCODER_KEY, TRANSFORMER_KEY, VAE_KEY
 from .base import Capabilities, InpaintRequest, StepCallback, is_binary, strength_thresholds
@@ -202,15 +202,8 @@ def cached_load(files: Files, *, device: Any = "auto", dtype: Any = None, offloa
 
 def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> "Flux2KleinEngine":
     """Load FLUX.2 klein 4B from ``files`` onto ``device`` (bf16 on CUDA, float32 on CPU by default)."""
-    try:
-        from diffusers import Flux2KleinInpaintPipeline
-    except ImportError as exc:
-        import diffusers
-
-        raise MissingModelError(
-            f"FLUX.2 klein needs diffusers >= 0.38 (Flux2KleinInpaintPipeline); this environment has "
-            f"{diffusers.__version__}: run 'pip install -U diffusers' in ComfyUI's Python environment.",
-            filename="diffusers", source="https://pypi.org/project/diffusers/") from exc
+    diffusers_compat.check("flux2_klein")  # the diffusers version and the private names used here
+    from diffusers import Flux2KleinInpaintPipeline
 
     check_files(files)
     dev = common.resolve_device(device)
@@ -257,8 +250,8 @@ class Flux2KleinEngine:
             try:
                 with torch.inference_mode():
                     for prompt in todo:
-                        self._prompt_cache[prompt] = self.pipe._get_qwen3_prompt_embeds(
-                            self.text_encoder, self.tokenizer, prompt, dtype=self.dtype, device=self.device,
+                        self._prompt_cache[prompt] = diffusers_compat.klein_prompt_embeds(
+                            self.pipe, self.text_encoder, self.tokenizer, prompt, dtype=self.dtype, device=self.device,
                             max_sequence_length=MAX_SEQUENCE_LENGTH, hidden_states_layers=TEXT_ENCODER_LAYERS)
                         while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
                             self._prompt_cache.popitem(last=False)
@@ -278,7 +271,7 @@ class Flux2KleinEngine:
         placement.use_pipeline(self.pipe, self.device, self.offload)
 
     def _exec_device(self):
-        return self.pipe._execution_device
+        return diffusers_compat.execution_device(self.pipe)
 
     def encode_source(self, image: np.ndarray, device=None):
         """The source's patchified VAE latents (mode, no sampling), shape (1, 4 * C, H / 16, W / 16),
@@ -293,7 +286,7 @@ class Flux2KleinEngine:
         with torch.inference_mode():
             pixels = pixels.to(device or self._exec_device(), dtype=self.dtype)
             latents = self.pipe.vae.encode(pixels).latent_dist.mode()
-        return self.pipe._patchify_latents(latents)
+        return diffusers_compat.patchify_latents(self.pipe, latents)
 
     def _normalized(self, patchified):
         """The pipeline's own normalisation of source latents (same operations, so bit-identical)."""
@@ -325,15 +318,15 @@ class Flux2KleinEngine:
         source = self.encode_source(image, exec_device)
         soft = not is_binary(mask)
         if soft:
-            src_packed = pipe._pack_latents(self._normalized(source.to(exec_device, embeds.dtype)))
+            src_packed = diffusers_compat.pack_latents(pipe, self._normalized(source.to(exec_device, embeds.dtype)))
             noise_shape = (len(seeds), pipe.transformer.config.in_channels, height // 16, width // 16)
-            noise = pipe._pack_latents(self._noise(noise_shape, seeds, exec_device, embeds.dtype))
+            noise = diffusers_compat.pack_latents(pipe, self._noise(noise_shape, seeds, exec_device, embeds.dtype))
             tokens = F.interpolate(torch.from_numpy(mask)[None, None], size=(height // 16, width // 16), mode="bilinear")
-            token_strength = pipe._pack_latents(tokens).to(exec_device, embeds.dtype)
+            token_strength = diffusers_compat.pack_latents(pipe, tokens).to(exec_device, embeds.dtype)
         state: dict[str, Any] = {}
 
         def step_end(p, i, t, kwargs):
-            total = p._num_timesteps
+            total = p.num_timesteps
             if on_step is not None:
                 on_step(i, total)
             if not soft:
@@ -361,7 +354,7 @@ class Flux2KleinEngine:
                 callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"],
                 max_sequence_length=MAX_SEQUENCE_LENGTH, text_encoder_out_layers=TEXT_ENCODER_LAYERS,
             )[0]
-        return latents, pipe._unpatchify_latents(source)
+        return latents, diffusers_compat.unpatchify_latents(pipe, source)
 
     @staticmethod
     def _noise(shape, seeds, device, dtype):

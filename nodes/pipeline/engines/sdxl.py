@@ -30,7 +30,7 @@ import numpy as np
 from .. import model_files
 from ..contract import CHECKPOINT_SUFFIXES, SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError, ModelSwapError
-from . import common
+from . import common, diffusers_compat
 from .base import Capabilities, InpaintRequest, StepCallback
 
 CAPABILITIES = Capabilities(
@@ -96,6 +96,7 @@ def clear_cache() -> None:
 
 def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> SDXLEngine:
     """The SDXL engine for ``files`` (cached); FaceID, when named, on a pipeline of its own."""
+    diffusers_compat.check("sdxl")
     dev = common.resolve_device(device)
     torch_dtype = common.resolve_dtype(dtype, dev)
     offload = common.check_offload(offload, dev)

@@ -12,43 +12,8 @@ import numpy as np
 
 from .. import placement
 from ..contract import steps_run
-from . import common
+from . import common, diffusers_compat
 from .base import InpaintRequest, StepCallback, is_binary, strength_thresholds
-
-
-class _ModeOnly:
-    """A latent distribution whose sample is its mode. diffusers' SDXL inpaint pipelines encode the
-    (masked) image once for the whole batch with the FIRST generator only, so image i of a batch
-    would differ from a single run at seed i; encoding without sampling keeps image i a function
-    of its own seed (and keeps the preserved area free of sampling noise)."""
-
-    def __init__(self, dist):
-        self._dist = dist
-
-    def sample(self, generator=None):
-        return self._dist.mode()
-
-    def mode(self):
-        return self._dist.mode()
-
-
-class _DeterministicEncode:
-    def __init__(self, vae):
-        self.vae = vae
-
-    def __enter__(self):
-        encode = type(self.vae).encode
-
-        def deterministic(x, return_dict: bool = True):
-            out = encode(self.vae, x, return_dict=return_dict)
-            dist = out.latent_dist if return_dict else out[0]
-            return type(out)(latent_dist=_ModeOnly(dist)) if return_dict else (_ModeOnly(dist),)
-
-        self.vae.encode = deterministic
-        return self
-
-    def __exit__(self, *exc):
-        del self.vae.encode
 
 
 def inpaint(engine, req: InpaintRequest, on_step: StepCallback | None = None) -> list[np.ndarray]:
@@ -87,7 +52,7 @@ def inpaint(engine, req: InpaintRequest, on_step: StepCallback | None = None) ->
         return tensors
 
     kwargs["callback_on_step_end"] = callback
-    with torch.inference_mode(), _DeterministicEncode(pipe.vae):
+    with torch.inference_mode(), diffusers_compat.mode_only_encode(pipe.vae):
         images = pipe(**kwargs).images
     return common.to_uint8(images)
 
@@ -107,7 +72,7 @@ def _differential(pipe, req: InpaintRequest, pixels):
         if upcast:
             vae.to(torch.float32)
         try:
-            x = (pixels * 2.0 - 1.0).to(device=pipe._execution_device, dtype=torch.float32 if upcast else dtype)
+            x = (pixels * 2.0 - 1.0).to(device=diffusers_compat.execution_device(pipe), dtype=torch.float32 if upcast else dtype)
             source = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
         finally:
             if upcast:
