@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _hub  # noqa: E402
 from _fetch import (EXIT_FAILED, EXIT_LICENCE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, InstallError,  # noqa: E402
-                    download, git_blob_sha1, human, sha256_of)
+                    download, reason, sha256_of)
 from _pack import split_comfy_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,72 +123,7 @@ def source_of(spec) -> tuple[str, str]:
     return spec.url, spec.sha256
 
 
-# --------------------------------------------------------------------- checks
-def hash_problem(path: Path, remote) -> str:
-    """'' when ``path`` has the hash the source publishes (SHA-256, or git's object id), else what differs."""
-    if remote.sha256:
-        actual = sha256_of(path)
-        return "" if actual == remote.sha256 else f"SHA-256 {actual} instead of {remote.sha256}"
-    if remote.git_sha1:
-        actual = git_blob_sha1(path)
-        return "" if actual == remote.git_sha1 else f"git object id {actual} instead of {remote.git_sha1}"
-    return ""
-
-
-def part_for(staging: Path, spec, remote) -> Path:
-    """Where ``remote`` waits until whole; the hash in the name keeps a part of another version from resuming."""
-    tag = (remote.sha256 or remote.git_sha1)[:12]
-    return staging / spec.repo.replace("/", "--") / f"{remote.path}{'.' + tag if tag else ''}.part"
-
-
-def check_in_place(spec, files, staging: Path, verify: bool, report) -> list:
-    """The (remote, target) pairs of ``files`` to fetch: absent, short (kept as the part to resume from)
-    or, with ``verify``, of the wrong hash (removed). A file longer than the published one is refused."""
-    fetch = []
-    for remote, target in files:
-        if not target.is_file():
-            fetch.append((remote, target))
-            continue
-        size = target.stat().st_size
-        if remote.size is not None and size > remote.size:
-            raise InstallError(f"{spec.title}: {target} has {size} bytes, the published {remote.path} has "
-                               f"{remote.size}: another file holds this name. Move it aside and run again to fetch "
-                               "the published one.", EXIT_UNAVAILABLE)
-        if remote.size is not None and size < remote.size:
-            report(f"  {target}: {human(size)} of {human(remote.size)} in place, incomplete; fetching the rest")
-            part = part_for(staging, spec, remote)
-            part.parent.mkdir(parents=True, exist_ok=True)
-            if part.is_file() and part.stat().st_size >= size:
-                target.unlink()
-            else:
-                shutil.move(str(target), str(part))
-            fetch.append((remote, target))
-        elif verify and (problem := hash_problem(target, remote)):
-            target.unlink()
-            report(f"  {target}: {problem}; removed, fetching it again")
-            fetch.append((remote, target))
-    return fetch
-
-
-# --------------------------------------------------------------------- downloads
-def fetch_hub_file(spec, remote, target: Path, staging: Path, report) -> None:
-    part = part_for(staging, spec, remote)
-    try:
-        download(remote.url, part, label=Path(remote.path).name, size=remote.size, token=_hub.token(), report=report)
-    except urllib.error.HTTPError as exc:
-        raise _hub.hub_error(exc, spec) from None
-    have = part.stat().st_size
-    problem = (f"{have} bytes instead of {remote.size}" if remote.size is not None and have != remote.size
-               else hash_problem(part, remote))
-    if problem:
-        part.unlink(missing_ok=True)
-        raise InstallError(f"{spec.title}: the downloaded {remote.path} from {spec.repo} is corrupt ({problem}); "
-                           "it was removed. Run again to download it afresh.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(part), str(target))
-    report(f"  got {target} ({human(have)})")
-
-
+# --------------------------------------------------------------------- files published outside the hub
 def unpack(zip_path: Path, spec, name: str, folder: Path) -> None:
     """Unzip so the model's files sit directly in ``folder/name`` (the zips hold a top folder)."""
     work = zip_path.with_suffix(".unzip")
@@ -224,7 +159,9 @@ def install_from_url(spec, name: str, folder: Path, staging: Path, report) -> No
         raise InstallError(f"{spec.title}: {url} answered HTTP {exc.code}. A mirror can serve it instead: "
                            "MODEL_SWAP_PINS (see --help).") from None
     actual = sha256_of(part)
-    if actual != sha:
+    if not sha:  # the registry pins no hash for this file (Google's 'latest' selfie segmenter): say what came
+        report(f"  {file_name}: SHA-256 {actual} (not pinned; pin it with MODEL_SWAP_PINS to insist on it)")
+    elif actual != sha:
         part.unlink()
         raise InstallError(f"{spec.title}: {file_name} from {url} is corrupt (SHA-256 {actual}, expected {sha}); "
                            "it was removed. Run again to download it afresh.")
@@ -277,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
                     help="a models folder to use instead of ComfyUI's (repeatable; downloads go to the first)")
     ap.add_argument("--accept-non-commercial", action="store_true",
                     help="accept the non-commercial licences of the weights that have one")
+    ap.add_argument("--commercial-only", action="store_true",
+                    help="install only models whose licence allows commercial use (also MODELSWAP_COMMERCIAL_ONLY=1); "
+                         "the others are named with their licence-clean alternative, and the exit code is 4")
     return ap
 
 
@@ -314,7 +254,7 @@ def plan(item, spec, folders, staging: Path, verify: bool, report) -> list | Non
         report(f"  {found}: not checked against the hub: {exc}")
         return []
     base = found or folder / item.name
-    return check_in_place(spec, [(r, base / r.path if spec.is_folder else base) for r in remotes],
+    return _hub.check_in_place(spec, [(r, base / r.path if spec.is_folder else base) for r in remotes],
                           staging, verify, report)
 
 
@@ -341,6 +281,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
 
+    guard = importlib.import_module("comfyui_model_swap.nodes.pipeline.licence_guard")
+    left_out = []
+    try:
+        commercial_only = args.commercial_only or guard.env_enabled()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if commercial_only:
+        left_out = [i for i in items if mf.MODELS[i.key].non_commercial]
+        items = [i for i in items if not mf.MODELS[i.key].non_commercial]
+        for item in left_out:
+            print(f"not installed: {guard.refusal(item.key, item.name, 'this is a commercial-only install')}",
+                  file=sys.stderr)
+
     if args.list:
         for item in items:
             spec = mf.MODELS[item.key]
@@ -359,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             plans[item.key, item.name] = plan(item, mf.MODELS[item.key], folders, staging, args.verify, report)
         except InstallError as exc:
             errors[item.key, item.name] = exc
+        except OSError as exc:  # moving a short file in place aside: a full disk, a read-only folder
+            errors[item.key, item.name] = InstallError(f"{item.name}: {reason(exc)}")
     todo = [i for i in items if plans.get((i.key, i.name)) != [] and (i.key, i.name) not in errors]
     for item in items:
         if plans.get((item.key, item.name)) == []:
@@ -374,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
             if files is None:
                 install_from_url(spec, item.name, folder, staging, report)
             for remote, target in files or []:
-                fetch_hub_file(spec, remote, target, staging, report)
+                _hub.fetch_hub_file(spec, remote, target, staging, report)
             if folders.find(item.key, item.name) is None:
                 raise InstallError(f"{spec.title}: downloaded, but {folder / item.name} is still incomplete "
                                    f"(it needs {', '.join(spec.files) or item.name})")
         except InstallError as exc:
             errors[item.key, item.name] = exc
+        except OSError as exc:  # writing or moving into place: a full disk, a read-only folder
+            errors[item.key, item.name] = InstallError(f"{item.name}: {reason(exc)}. Run again to resume.")
     for exc in errors.values():
         report(f"error: {exc}")
     if errors:
@@ -387,9 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         report(f"{len(errors)} of {len(items)} models are not in place (see the errors above).")
         return EXIT_FAILED if EXIT_FAILED in codes else max(codes)
     shutil.rmtree(staging, ignore_errors=True)  # nothing left to resume
+    if left_out:
+        report(f"Every commercial-use model is in place; {len(left_out)} non-commercial ones were left out (above).")
+        return EXIT_LICENCE
     report("Every model is in place.")
     return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nInterrupted; what was downloaded is kept: run the same command again to resume.", file=sys.stderr)
+        sys.exit(130)
