@@ -9,7 +9,7 @@ import pytest
 
 import tiny_klein
 from same_picture import assert_same_picture
-from comfyui_model_swap.nodes.pipeline.engines import capabilities, engine_module, flux2_klein
+from comfyui_model_swap.nodes.pipeline.engines import capabilities, diffusers_compat, engine_module, flux2_klein
 from comfyui_model_swap.nodes.pipeline.engines.base import IdentityCondition, InpaintRequest
 from comfyui_model_swap.nodes.pipeline.errors import InputValidationError, MissingModelError
 
@@ -57,8 +57,9 @@ def test_registry_reads_klein_capabilities_without_loading_models():
     assert (caps.default_steps, caps.work_size, caps.side_multiple) == (4, 1024, 16)
 
 
-def test_single_files_in_bfl_and_comfyui_layouts_load_the_same_model_as_the_folder(paths, engine):
+def test_single_files_in_bfl_and_comfyui_layouts_load_the_same_model_as_the_folder(paths, engine, tmp_path):
     import torch
+    from safetensors.torch import load_file, save_file
 
     from comfyui_model_swap.nodes.pipeline.engines import Engine
 
@@ -81,6 +82,17 @@ def test_single_files_in_bfl_and_comfyui_layouts_load_the_same_model_as_the_fold
     assert a.shape == (H, W, 3) and a.dtype == np.uint8
     assert int(np.abs(a.astype(int) - b).max()) <= 1
     assert single.inpaint(request)[0].shape == (H, W, 3)
+    # The same files with the key prefixes of ComfyUI's saved checkpoints load the same weights.
+    prefixed = {}
+    for key, prefix in (("transformer", "model.diffusion_model."), ("text_encoder", "text_encoders.qwen3_4b.transformer."),
+                        ("vae", "first_stage_model.")):
+        prefixed[key] = tmp_path / f"comfy-{paths[key].name}"
+        save_file({prefix + k: v for k, v in load_file(str(paths[key])).items()}, str(prefixed[key]))
+    comfy = flux2_klein.load(flux2_klein.Files(**prefixed), device="cpu")
+    for name, a, b in (("transformer", single.pipe.transformer, comfy.pipe.transformer),
+                       ("vae", single.pipe.vae, comfy.pipe.vae), ("text encoder", single.text_encoder, comfy.text_encoder)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa), name
 
 
 def test_four_seeds_in_one_batch_equal_four_single_runs(engine):
@@ -132,9 +144,9 @@ def _run_recording_transformer_inputs(engine, request):
 def _noised_source(engine, request):
     """What a held token is at each step: the source noised to that step's sigma with the seed's noise."""
     pipe = engine.pipe
-    src = pipe._pack_latents(engine._normalized(engine.encode_source(request.image)))
+    src = diffusers_compat.pack_latents(pipe, engine._normalized(engine.encode_source(request.image)))
     shape = (len(request.seeds), pipe.transformer.config.in_channels, H // 16, W // 16)
-    noise = pipe._pack_latents(engine._noise(shape, request.seeds, engine.device, src.dtype))
+    noise = diffusers_compat.pack_latents(pipe, engine._noise(shape, request.seeds, engine.device, src.dtype))
     sched = pipe.scheduler
     sigmas = sched.sigmas[sched.begin_index:]
     return [sigma * noise + (1.0 - sigma) * src for sigma in sigmas[: request.steps]]
@@ -196,8 +208,14 @@ def test_step_callback_exception_cancels_the_run(engine):
         if i == 1:
             raise Cancelled()
 
-    with pytest.raises(Cancelled):
-        engine.inpaint(_request(), on_step=cancel)
+    calls = []
+    hook = engine.pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with pytest.raises(Cancelled):
+            engine.inpaint(_request(), on_step=cancel)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # steps 0 and 1 ran (one transformer pass each, no guidance); steps 2 and 3 never did
 
 
 def test_fp8_transformer_stays_fp8_in_memory_and_matches_its_upcast_weights(paths):

@@ -16,7 +16,7 @@ import torch
 import tiny_checkpoint
 from same_picture import assert_same_picture
 import tiny_sdxl
-from comfyui_model_swap.nodes.pipeline.engines import base, common, sdxl, sdxl_inpaint
+from comfyui_model_swap.nodes.pipeline.engines import base, common, diffusers_compat, sdxl, sdxl_inpaint
 from comfyui_model_swap.nodes.pipeline.engines.base import InpaintRequest
 from comfyui_model_swap.nodes.pipeline.errors import InputValidationError, MissingModelError
 
@@ -84,7 +84,7 @@ def test_diffusers_folder_loads_through_from_pretrained(tiny):
     assert engine.capabilities.name == "sdxl" and not engine.capabilities.controlnet
     assert not engine.capabilities.embedding_identity  # no FaceID attached
     assert engine.device == torch.device("cpu") and engine.dtype == torch.float32
-    assert engine.pipe._progress_bar_config == {"disable": True}
+    assert diffusers_compat.progress_bar_config(engine.pipe) == {"disable": True}
     assert_same_weights(engine.pipe, tiny["comps9"], names=("unet", "vae"))
 
 
@@ -104,8 +104,16 @@ def test_single_file_load_reproduces_every_source_tensor_with_the_right_text_enc
     assert engine.pipe.tokenizer_2.pad_token == "!"
 
 
-def test_ckpt_file_loads_through_weights_only(tiny):
+def test_ckpt_file_loads_through_weights_only(tiny, monkeypatch):
+    real_load, weights_only = torch.load, []
+
+    def recording_load(*args, **kwargs):
+        weights_only.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
     assert_same_weights(single(tiny, tiny["ckpt4_torch"]).pipe, tiny["comps4"])
+    assert weights_only and all(w is True for w in weights_only)  # the header check and diffusers' loader alike
 
 
 def test_base_and_inpainting_unets_are_told_apart_from_the_header_and_set_by_keyword(tiny):
@@ -160,11 +168,19 @@ def test_shipped_configs_describe_real_sdxl():
     assert sdxl.unet_width_from_keys("x.safetensors", {k: tuple(v.shape) for k, v in original.items()}) == 4
 
 
-def test_controlnet_pipeline_is_built_with_from_pipe_on_shared_components(tiny):
+def test_controlnet_pipeline_is_built_with_from_pipe_on_shared_components(tiny, monkeypatch):
     from diffusers import ControlNetModel, StableDiffusionXLControlNetInpaintPipeline
 
+    from_pipe, bases = StableDiffusionXLControlNetInpaintPipeline.from_pipe.__func__, []
+
+    def recording_from_pipe(cls, base, **kwargs):
+        bases.append(base)
+        return from_pipe(cls, base, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionXLControlNetInpaintPipeline, "from_pipe", classmethod(recording_from_pipe))
     engine = single(tiny, controlnet=tiny["controlnet"])
     assert type(engine.pipe) is StableDiffusionXLControlNetInpaintPipeline and engine.capabilities.controlnet
+    assert len(bases) == 1 and all(getattr(engine.pipe, name) is getattr(bases[0], name) for name in WEIGHTED)
     saved = ControlNetModel.from_pretrained(tiny["controlnet"], local_files_only=True).state_dict()
     assert all(torch.equal(engine.pipe.controlnet.state_dict()[k], v) for k, v in saved.items())
     assert_same_weights(engine.pipe, tiny["comps9"], names=("unet", "text_encoder_2"))
@@ -296,9 +312,32 @@ def test_prompts_per_seed_and_step_callback_and_cancel(tiny):
 
 
 def test_base_unet_inpaints_and_keeps_the_unmasked_latents(tiny):
+    """A 4-channel (base) UNet inpaints by blending: the latents the VAE decodes equal the source's
+    latents (its VAE mode) outside the mask, and differ from them inside it. Tolerance 1e-5: the
+    pipeline holds the source times the VAE's scaling factor and divides it back before decoding."""
     engine = single(tiny, tiny["ckpt4"])
-    out = engine.inpaint(request((3,)))[0]
-    assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
+    assert engine.pipe.unet.config.in_channels == 4
+    vae, decoded = engine.pipe.vae, []
+
+    def recording_decode(latents, *args, **kwargs):
+        decoded.append(latents.clone())
+        return type(vae).decode(vae, latents, *args, **kwargs)
+
+    vae.decode = recording_decode
+    req = request((3,))
+    try:
+        out = engine.inpaint(req)[0]
+    finally:
+        del vae.decode  # the class's own decode again
+    assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8 and len(decoded) == 1
+    pixels = torch.from_numpy(req.image).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
+    with torch.no_grad():
+        source = vae.encode(pixels).latent_dist.mode()
+    held = torch.ones(SIZE // 8, SIZE // 8, dtype=torch.bool)
+    held[1:7, 1:7] = False  # request()'s mask covers pixels 8-55: latent rows and columns 1-6
+    got = decoded[0][0]
+    torch.testing.assert_close(got[:, held], source[0][:, held], rtol=0, atol=1e-5)
+    assert float((got[:, ~held] - source[0][:, ~held]).abs().max()) > 0.1  # the masked latents were regenerated
 
 
 def test_soft_mask_gives_partial_strength_pixels_less_freedom_than_full_ones(tiny):
