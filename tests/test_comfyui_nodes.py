@@ -306,7 +306,8 @@ def test_every_numeric_widget_refuses_values_past_its_limits_at_the_widget(serve
 
 def test_the_hardest_legal_widget_combination_runs(server, inputs):
     """Limits are defined once (contract.py) and inner code trusts them: FaceRefine's smallest strength with
-    its most steps (100 / 0.05 = 2000 scheduler steps) and the sampler's extremes run instead of failing late."""
+    its most steps (100 / 0.1 = 1000 scheduler steps, SDXL's training range) and the sampler's extremes run
+    instead of failing late."""
     info = server.object_info()
     g = with_inputs(load_api(SDXL_FACE_REFERENCE), inputs, seed=info[
         "ModelSwap_Sampler"]["input"]["required"]["seed"][1]["max"], num_images=1)
