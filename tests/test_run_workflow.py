@@ -164,6 +164,22 @@ def test_installed_models_pass_the_check(tiny_models_dir):
     assert len(wr.required_models(graph)) == 6
 
 
+def test_the_one_models_check_takes_a_single_file_controlnet_and_extra_model_paths(tmp_path):
+    """The runner, the installer and load_pipeline share one check: a ControlNet given as one file counts
+    (the loader takes it), and a folder that extra_model_paths.yaml adds is searched."""
+    comfy, store = tmp_path / "ComfyUI", tmp_path / "store"
+    (comfy / "models" / "controlnet").mkdir(parents=True)
+    (comfy / "models" / "controlnet" / "cn-pose.safetensors").write_bytes(b"weights")
+    (store / "ipadapter").mkdir(parents=True)
+    (store / "ipadapter" / "ip-adapter-faceid_sdxl.bin").write_bytes(b"weights")
+    (comfy / "extra_model_paths.yaml").write_text(f"mine:\n  base_path: {store}\n  ipadapter: ipadapter\n")
+    graph = {"1": {"class_type": "ModelSwap_PipelineLoader", "inputs": {
+        "model": "sd_xl_base_1.0.safetensors", "controlnet": "cn-pose.safetensors",
+        "faceid": "ip-adapter-faceid_sdxl.bin", "faceid_lora": "none"}}}
+    (line,) = wr.missing_models(wr.required_models(graph), wr.model_folders(comfy))
+    assert "sd_xl_base_1.0.safetensors" in line and f"{comfy.resolve() / 'models' / 'checkpoints'}/" in line
+
+
 def test_overrides_fill_images_seed_count_prompt_and_mode():
     graph = wr.load_workflow(WITH_REFERENCE)
     out = wr.apply_overrides(graph, wr.Overrides(image=Path("x"), seed=9, num_images=3, prompt="a man",
