@@ -13,7 +13,6 @@ WORKFLOW_FILES = {
     "flux2_klein": (WORKFLOWS / "model_swap_api.json", WORKFLOWS / "model_swap_face_reference_api.json"),
     "sdxl": (WORKFLOWS / "model_swap_sdxl_api.json", WORKFLOWS / "model_swap_sdxl_face_reference_api.json"),
 }
-PLAIN, WITH_REFERENCE = WORKFLOW_FILES["flux2_klein"]
 
 # engine -> generation_mode -> sampler steps, face-refine steps and the size the face crop is sampled at.
 # "quality" is the shipped workflow's own settings. FLUX.2 klein is distilled to 4 steps: its modes differ
