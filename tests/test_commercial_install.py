@@ -10,8 +10,10 @@ from pathlib import Path
 
 from comfyui_model_swap.nodes import workflow_runner as wr
 from comfyui_model_swap.nodes.pipeline import licence_guard, model_files
-from test_get_models import hub as _hub_fixture  # noqa: F401  (registers the module-scoped fake hub, "hub")
+import test_get_models
 from test_get_models import hub_env, install
+
+hub = test_get_models.hub  # the module-scoped fake hub fixture, shared rather than redefined
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
