@@ -12,6 +12,7 @@ import numpy as np
 from comfy_api.latest import io
 
 from . import comfy_glue as glue
+from . import widgets
 from .loader_nodes import FaceAnalyzerType, GeneratorType, ParserType
 from .pipeline import contract as c
 
@@ -37,12 +38,8 @@ class GarmentMask(io.ComfyNode):
                                 tooltip="Classes to regenerate, comma separated, from: face, hair, top, dress, skirt, "
                                         "pants, belt, bag, hat, scarf, glasses, arms, hands, legs, feet, torso, "
                                         "jewelry. Remove 'hair' to keep the hair."),
-                io.Int.Input("grow", default=4, min=c.GROW[0], max=c.GROW[1],
-                             tooltip="Grow (positive) or shrink (negative) the regenerate mask, in pixels at "
-                                     "processing size."),
-                io.Int.Input("feather", default=8, min=c.FEATHER[0], max=c.FEATHER[1],
-                             tooltip="Width in pixels of the blend band outside the mask; beyond it every pixel "
-                                     "equals the input exactly."),
+                widgets.number(c.GROW),
+                widgets.number(c.FEATHER),
                 io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="1k",
                                tooltip="1k: process and return at most 1.05 MP like FASHN's API. 2k / 4k: return at "
                                        "the input's size with its long side capped at 2048 / 4096 px. native: "
@@ -60,7 +57,12 @@ class GarmentMask(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, grow, feather):
+        return True  # naming them leaves their range check to execute(): the pack's own words, as the API's
+
+    @classmethod
     def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None):
+        widgets.check(f"{glue.PACK}_GarmentMask", grow=grow, feather=feather)
         from .pipeline import masks
         from .pipeline.compositing import upscale_alpha
         from .pipeline.pipeline import MaskSettings, output_hw, prepare
@@ -94,9 +96,7 @@ class IdentityEncode(io.ComfyNode):
                 FaceAnalyzerType.Input("face_analyzer", tooltip="From the InsightFace Loader."),
                 io.Image.Input("face_reference", optional=True,
                                tooltip="Optional photo of the face the new person should have (one clear face)."),
-                io.Float.Input("identity_scale", default=0.8, min=c.IDENTITY_SCALE[0], max=c.IDENTITY_SCALE[1],
-                               step=0.05, tooltip="How strongly the reference identity steers generation "
-                                                  "(IP-Adapter scale; reference-image engines ignore it)."),
+                widgets.number(c.IDENTITY_SCALE),
             ],
             outputs=[
                 JobType.Output("encoded_job", display_name="job", tooltip="The swap job, for ModelSwapSampler."),
@@ -105,7 +105,12 @@ class IdentityEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, identity_scale):
+        return True  # range checked in execute(), in the pack's own words
+
+    @classmethod
     def execute(cls, job, face_analyzer, identity_scale, face_reference=None):
+        widgets.check(f"{glue.PACK}_IdentityEncode", identity_scale=identity_scale)
         from .pipeline.pipeline import encode
 
         refs = [None] if face_reference is None else glue.images_from_tensor(face_reference)
@@ -137,30 +142,17 @@ class ModelSwapSampler(io.ComfyNode):
                 io.String.Input("prompt", default="", multiline=True,
                                 tooltip="Who the new person is. Empty: automatic (apparent sex and age kept, skin "
                                         "tone, ethnicity, hair and age band drawn from the seed)."),
-                io.Int.Input("seed", default=42, min=0, max=c.SEED_MAX,
-                             tooltip="Same seed, same bytes; image i uses seed + i and is the same picture as a "
-                                     "single run at that seed, up to float rounding."),
-                io.Int.Input("num_images", default=1, min=1, max=c.MAX_IMAGES,
-                             tooltip=f"How many different people, 1 to {c.MAX_IMAGES}."),
-                io.Int.Input("steps", default=30, min=c.STEPS[0], max=c.STEPS[1],
-                             tooltip="Sampling steps (SDXL: 30; FLUX.2 klein: 4)."),
-                io.Float.Input("guidance_scale", default=5.0, min=c.GUIDANCE[0], max=c.GUIDANCE[1], step=0.1,
-                               tooltip="Classifier-free guidance: how closely to follow the prompt (engines "
-                                       "without guidance, such as the distilled FLUX.2 klein, ignore it)."),
-                io.Float.Input("strength", default=1.0, min=c.STRENGTH[0], max=c.STRENGTH[1], step=0.01,
-                               tooltip="How much of the masked region is re-drawn (1 = fully)."),
+                widgets.number(c.SEED),
+                widgets.number(c.NUM_IMAGES),
+                widgets.number(c.STEPS),
+                widgets.number(c.GUIDANCE),
+                widgets.number(c.STRENGTH),
                 io.String.Input("negative_prompt", default=NEGATIVE_PROMPT, multiline=True,
                                 tooltip="What to avoid."),
                 io.Image.Input("control_image", optional=True,
                                tooltip="Pose/hand control image; required when the pipeline has a ControlNet."),
-                io.Float.Input("controlnet_scale", default=0.8, min=c.CONTROLNET_SCALE[0],
-                               max=c.CONTROLNET_SCALE[1], step=0.05,
-                               tooltip="ControlNet strength (used only with a ControlNet)."),
-                io.Float.Input("body_strength", default=c.DEFAULT_BODY_STRENGTH, min=c.BODY_STRENGTH[0],
-                               max=c.BODY_STRENGTH[1], step=0.05, optional=True,
-                               tooltip="Share of the sampling schedule in which body skin (torso, arms, hands, legs, "
-                                       "feet) may change; face and hair always get all of it. Lower keeps more of "
-                                       "the body's shape and shading, higher changes its tone more freely."),
+                widgets.number(c.CONTROLNET_SCALE),
+                widgets.number(c.BODY_STRENGTH, optional=True),
                 io.Combo.Input("person", options=list(PERSONS), default="auto", optional=True,
                                tooltip="Who the automatic prompt describes: auto = the sex face analysis reports "
                                        "(a neutral 'person' when the analyser has no age/sex model, e.g. OpenCV "
@@ -173,8 +165,17 @@ class ModelSwapSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, seed, num_images, steps, guidance_scale, strength, controlnet_scale,
+                        body_strength=c.BODY_STRENGTH.default):
+        return True  # ranges and steps checked in execute(), in the pack's own words
+
+    @classmethod
     def execute(cls, generator, job, prompt, seed, num_images, steps, guidance_scale, strength, negative_prompt,
-                controlnet_scale, control_image=None, body_strength=c.DEFAULT_BODY_STRENGTH, person="auto"):
+                controlnet_scale, control_image=None, body_strength=c.BODY_STRENGTH.default, person="auto"):
+        widgets.check(f"{glue.PACK}_Sampler", seed=seed, num_images=num_images, steps=steps,
+                      guidance_scale=guidance_scale, strength=strength, controlnet_scale=controlnet_scale,
+                      body_strength=body_strength)
+        steps = generator.capabilities.settings(steps=steps).steps
         from .pipeline.pipeline import GenerateSettings, check_engine_fits, finish, generate
 
         controls = [None] if control_image is None else glue.images_from_tensor(control_image)
@@ -209,15 +210,10 @@ class FaceRefine(io.ComfyNode):
                                tooltip="match_reference: the reference face's features and expression dominate. "
                                        "match_base: keep the source's head angle, gaze and expression."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off: pass the sampler's images through."),
-                io.Float.Input("strength", default=0.45, min=c.REFINE_STRENGTH[0], max=c.REFINE_STRENGTH[1],
-                               step=0.05, tooltip="How much of the face is re-drawn; 0.3-0.6 keeps the structure."),
-                io.Int.Input("steps", default=12, min=c.REFINE_STEPS[0], max=c.REFINE_STEPS[1],
-                             tooltip="Denoising steps actually run."),
-                io.Int.Input("work_size", default=1024, min=c.REFINE_WORK_SIZE[0], max=c.REFINE_WORK_SIZE[1],
-                             step=c.WORK_SIZE_MULTIPLE,
-                             tooltip="Side of the square the face crop is sampled at (SDXL and FLUX.2 klein: 1024)."),
-                io.Float.Input("margin", default=0.6, min=c.REFINE_MARGIN[0], max=c.REFINE_MARGIN[1], step=0.05,
-                               tooltip="Context around the face box, as a fraction of its size on every side."),
+                widgets.number(c.REFINE_STRENGTH),
+                widgets.number(c.REFINE_STEPS),
+                widgets.number(c.REFINE_WORK_SIZE),
+                widgets.number(c.REFINE_MARGIN),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The final images: garments and background identical to the input."),
@@ -227,7 +223,12 @@ class FaceRefine(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength, steps, work_size, margin):
+        return True  # ranges and the work_size multiple checked in execute(), in the pack's own words
+
+    @classmethod
     def execute(cls, generator, job, face_reference_mode, enabled, strength, steps, work_size, margin):
+        widgets.check(f"{glue.PACK}_FaceRefine", strength=strength, steps=steps, work_size=work_size, margin=margin)
         from .pipeline.face_refine import RefineSettings, refine
         from .pipeline.pipeline import finish
 
@@ -236,7 +237,8 @@ class FaceRefine(io.ComfyNode):
         for sampled in job:
             if enabled:
                 sampled = refine(generator, sampled, settings, mode=face_reference_mode,
-                                 on_step=glue.step_callback(steps * len(sampled.images)))
+                                 on_step=glue.step_callback(settings.for_engine(generator.capabilities).steps
+                                                            * len(sampled.images)))
             result = finish(sampled)
             images += result.images
             crops += result.face_crops

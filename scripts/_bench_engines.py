@@ -7,7 +7,7 @@
   whose pipeline holds no text encoder); the ratio is the pack's overhead. The whole swap
   (parse, faces, generate, face refine, composite) follows, per stage.
 * ``batch``: the pack's generate stage for 4 images against 1.
-* ``modes``: the whole swap in each generation mode of ``workflow_fill.GENERATION_MODES``.
+* ``modes``: the whole swap in each generation mode of ``the engine's presets (engines/base.py Capabilities.presets)``.
 
 Models: on CPU the tests' tiny SDXL and tiny klein (diffusers folders built in the temporary
 folder, loaded through the engines' loaders); on CUDA the full-size architectures with random
@@ -129,9 +129,9 @@ def engine(ctx, name: str):
 
 
 def mode_table(name: str) -> dict:
-    from comfyui_model_swap.nodes.fashn_api.workflow_fill import GENERATION_MODES
+    from comfyui_model_swap.nodes.pipeline.engines import capabilities
 
-    return GENERATION_MODES["flux2_klein" if name.startswith("flux2_klein") else name]
+    return capabilities("flux2_klein" if name.startswith("flux2_klein") else name).presets
 
 
 def gen_inputs(ctx):
@@ -227,13 +227,13 @@ def swap_options(ctx, name: str, mode: str, num_images: int = 1):
     from comfyui_model_swap.nodes.pipeline.pipeline import SwapOptions
 
     m = mode_table(name)[mode]
-    work = m["work_size"]
+    work = m.refine_work_size
     if not _cuda(ctx):  # tiny models on CPU: the work size scaled like the photo (1024 px -> gen size)
         work = max(64, round(work * ctx.args.gen_size / 1024 / 16) * 16)
     steps = ctx.args.steps  # --steps caps the face refine's steps too
-    return SwapOptions(num_images=num_images, steps=steps or m["steps"],
-                       refine=RefineSettings(work_size=work, steps=min(steps, m["refine_steps"]) if steps
-                                             else m["refine_steps"]))
+    return SwapOptions(num_images=num_images, steps=steps or m.steps,
+                       refine=RefineSettings(work_size=work, steps=min(steps, m.refine_steps) if steps
+                                             else m.refine_steps))
 
 
 def stage_summary(ctx, log: list, runs: int, peaks: dict, key: str, what: str):

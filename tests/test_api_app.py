@@ -23,6 +23,7 @@ from comfyui_model_swap.nodes.fashn_api import workflow_fill
 from comfyui_model_swap.nodes.fashn_api.app import BackendError, FashnApi
 from comfyui_model_swap.nodes.fashn_api.config import ApiConfig
 from comfyui_model_swap.nodes.fashn_api.protocol import RunRequest
+from comfyui_model_swap.nodes.pipeline.engines import DEFAULT_ENGINE, capabilities
 
 
 def png_uri(size=(48, 64), colour=(200, 30, 30)) -> str:
@@ -200,10 +201,10 @@ def test_request_settings_reach_the_graph_and_base64_leaves_no_files(tmp_path):
     by_class = {n["class_type"]: n["inputs"] for n in graph.values()}
     assert by_class["ModelSwap_Sampler"]["seed"] == 77 and by_class["ModelSwap_Sampler"]["num_images"] == 3
     assert by_class["ModelSwap_Sampler"]["prompt"] == "red hair"
-    fast = workflow_fill.GENERATION_MODES["flux2_klein"]["fast"]  # the default engine
-    assert by_class["ModelSwap_Sampler"]["steps"] == fast["steps"]
+    fast = capabilities(DEFAULT_ENGINE).presets["fast"]  # the default engine's own preset
+    assert by_class["ModelSwap_Sampler"]["steps"] == fast.steps
     assert by_class["ModelSwap_FaceRefine"]["face_reference_mode"] == "match_base"
-    assert by_class["ModelSwap_FaceRefine"]["work_size"] == fast["work_size"]
+    assert by_class["ModelSwap_FaceRefine"]["work_size"] == fast.refine_work_size
     assert by_class["ModelSwap_GarmentMask"]["output_size"] == "2k"
     assert sum(n["class_type"] == "LoadImage" for n in graph.values()) == 2
     assert all(o.startswith("data:image/jpeg;base64,") for o in final["output"]) and len(final["output"]) == 3
@@ -216,14 +217,14 @@ def test_request_settings_reach_the_graph_and_base64_leaves_no_files(tmp_path):
 def test_generation_modes_set_documented_steps_and_quality_is_the_shipped_workflow(mode, engine):
     graph = workflow_fill.fill(RunRequest(model_image="x", generation_mode=mode), {"model": "in/m.png"}, "p/raw",
                                engine)
-    settings = workflow_fill.GENERATION_MODES[engine][mode]
+    settings = capabilities(engine).presets[mode]
     nodes = {n["class_type"]: n["inputs"] for n in graph.values()}
     assert ("ModelSwap_KleinLoader" in nodes) == (engine == "flux2_klein")
     assert ("ModelSwap_PipelineLoader" in nodes) == (engine == "sdxl")
-    assert nodes["ModelSwap_Sampler"]["steps"] == settings["steps"]
-    assert nodes["ModelSwap_FaceRefine"]["steps"] == settings["refine_steps"]
-    assert nodes["ModelSwap_FaceRefine"]["work_size"] == settings["work_size"]
-    plain = workflow_fill.WORKFLOW_FILES[engine][0]
+    assert nodes["ModelSwap_Sampler"]["steps"] == settings.steps
+    assert nodes["ModelSwap_FaceRefine"]["steps"] == settings.refine_steps
+    assert nodes["ModelSwap_FaceRefine"]["work_size"] == settings.refine_work_size
+    plain = workflow_fill.workflow_files(engine)[0]
     shipped = {n["class_type"]: n["inputs"] for n in workflow_fill.load_workflow(plain).values()}
     if mode == "quality":
         assert nodes["ModelSwap_Sampler"]["steps"] == shipped["ModelSwap_Sampler"]["steps"]

@@ -122,13 +122,13 @@ def test_the_mode_settings_come_from_the_shipped_generation_modes(benchmark):
         device = "cuda"  # full-size work sizes; nothing is built
         args = benchmark.parse_args(["--suite"])
 
-    from comfyui_model_swap.nodes.fashn_api.workflow_fill import GENERATION_MODES
+    from comfyui_model_swap.nodes.pipeline.engines import capabilities
 
     for engine in ("sdxl", "flux2_klein"):
-        for mode, want in GENERATION_MODES[engine].items():
+        for mode, want in capabilities(engine).presets.items():
             options = engines.swap_options(Ctx, engine, mode)
             assert (options.steps, options.refine.steps, options.refine.work_size) == (
-                want["steps"], want["refine_steps"], want["work_size"])
+                want.steps, want.refine_steps, want.refine_work_size)
 
 
 def test_cuda_asked_without_cuda_exits_non_zero_with_a_clear_message(benchmark, monkeypatch, capsys):

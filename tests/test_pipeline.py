@@ -296,7 +296,8 @@ def test_face_reference_without_faceid_loaded_says_which_file_to_load(tiny_model
         (dict(seed=True), "seed=True"),
         (dict(face_reference_mode="match_face"), "match_face"),
         (dict(output_size="huge"), "huge"),
-        (dict(steps=0), "steps=0"),
+        (dict(steps=-1), "steps=-1 is out of range: give an integer from 1 to 150 (or 0 for the engine's own)"),
+        (dict(steps=151), "steps=151 is out of range"),
         (dict(strength=0.0), "strength=0.0"),
     ],
 )

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..pipeline.engines import DEFAULT_ENGINE
 from .image_input import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from .net import UrlPolicy
 
@@ -32,7 +33,9 @@ class ApiConfig:
     worker_slots: int = 2  # Redis mode: jobs this instance holds at once (one running, one ready)
     claim_s: float = 60.0  # Redis mode: a job whose worker stops renewing its claim this long is taken over
     max_attempts: int = 3  # times a prediction is started before a restart fails it
-    engine: str = "flux2_klein"  # which shipped workflows requests fill: "flux2_klein" (default) or "sdxl"
+    engine: str = DEFAULT_ENGINE  # whose workflows and presets requests use: one of engines.ENGINES
+    segmenter: str = ""  # GarmentMask's parser: "fashn", "selfie" (licence-clean); "": the workflow's own, or
+    # "selfie" when MODELSWAP_COMMERCIAL_ONLY=1 (the licence guard refuses FASHN's parser)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ApiConfig":
@@ -80,6 +83,7 @@ class ApiConfig:
             claim_s=number("CLAIM_S", float, d.claim_s, 0.5),
             max_attempts=number("MAX_ATTEMPTS", int, d.max_attempts, 1),
             engine=_engine(get("ENGINE") or d.engine),
+            segmenter=_segmenter(get("SEGMENTER") or "", env),
         )
 
 
@@ -90,9 +94,16 @@ def _redis_url(value: str) -> str:
     return value
 
 
-def _engine(value: str) -> str:
-    from .workflow_fill import WORKFLOW_FILES
+def _segmenter(value: str, env: Mapping[str, str]) -> str:
+    from ..pipeline import licence_guard
+    from ..segmenters import check_name
 
-    if value not in WORKFLOW_FILES:
-        raise ValueError(f"{PREFIX}ENGINE={value!r}: use one of {', '.join(WORKFLOW_FILES)}.")
+    return check_name(value, f"{PREFIX}SEGMENTER") or ("selfie" if licence_guard.env_enabled(env) else "")
+
+
+def _engine(value: str) -> str:
+    from ..pipeline.engines import ENGINES
+
+    if value not in ENGINES:
+        raise ValueError(f"{PREFIX}ENGINE={value!r}: use one of {', '.join(ENGINES)}.")
     return value

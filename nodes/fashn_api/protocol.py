@@ -12,13 +12,13 @@ import math
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-from ..pipeline.contract import MODES, SEED_MAX
+from ..pipeline.contract import MODES, NUM_IMAGES, SEED
+from ..pipeline.engines.base import GENERATION_MODES
 
 MODEL_NAME = "model-swap"
 STATUSES = ("starting", "in_queue", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
 FORMATS = ("png", "jpeg")
-GENERATION_MODES = ("fast", "balanced", "quality")
 RESOLUTIONS = ("1k", "2k", "4k")
 MAX_PROMPT_CHARS = 2000
 MAX_URL_CHARS = 4096
@@ -143,8 +143,8 @@ def parse_run_request(body: object, webhook_query: str | None = None) -> RunRequ
         prompt=_prompt(inputs.get("prompt", "")),
         face_reference=None if face_reference is None else _image_ref(face_reference, "face_reference"),
         face_reference_mode=_choice(inputs, "face_reference_mode", MODES, "match_reference"),
-        seed=_integer(inputs, "seed", 0, SEED_MAX, 42),
-        num_images=_integer(inputs, "num_images", 1, 4, 1),
+        seed=_integer(inputs, SEED),
+        num_images=_integer(inputs, NUM_IMAGES),
         output_format=_choice(inputs, "output_format", FORMATS, "png"),
         return_base64=_boolean(inputs, "return_base64", False),
         generation_mode=_choice(inputs, "generation_mode", GENERATION_MODES, "balanced"),
@@ -167,14 +167,18 @@ def _optional(mapping: dict, key: str, kind: type, wanted: str):
     return value
 
 
-def _integer(inputs: dict, key: str, low: int, high: int, default: int) -> int:
-    value = inputs.get(key, default)
+def _integer(inputs: dict, param) -> int:
+    """An integer input checked by its declaration in contract.py (the same refusal as the node's widget
+    and the runner's override, prefixed with where it was: ``inputs.``)."""
+    value = inputs.get(param.name, param.default)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"inputs.{key} must be an integer from {low} to {high}, not {_type_name(value)}.")
-    if not low <= value <= high:
-        raise bad_request(f"inputs.{key}={value} is out of range: give an integer from {low} to {high}.")
+        lo, hi = param.bounds
+        raise bad_request(f"inputs.{param.name} must be an integer from {lo} to {hi}, not {_type_name(value)}.")
+    problem = param.problem(value)
+    if problem is not None:
+        raise bad_request(f"inputs.{problem}")
     return value
 
 

@@ -5,50 +5,42 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..workflow_runner import Overrides, apply_overrides, load_workflow
+from ..pipeline import engines
+from ..segmenters import use_segmenter
 from .protocol import RunRequest
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-# engine (setting MODELSWAP_API_ENGINE) -> (workflow without, with a face reference)
-WORKFLOW_FILES = {
-    "flux2_klein": (WORKFLOWS / "model_swap_api.json", WORKFLOWS / "model_swap_face_reference_api.json"),
-    "sdxl": (WORKFLOWS / "model_swap_sdxl_api.json", WORKFLOWS / "model_swap_sdxl_face_reference_api.json"),
-}
 
-# engine -> generation_mode -> sampler steps, face-refine steps and the size the face crop is sampled at.
-# "quality" is the shipped workflow's own settings. FLUX.2 klein is distilled to 4 steps: its modes differ
-# in the face pass, not in the main sampling.
-GENERATION_MODES = {
-    "flux2_klein": {
-        "fast": {"steps": 4, "refine_steps": 2, "work_size": 512},
-        "balanced": {"steps": 4, "refine_steps": 4, "work_size": 768},
-        "quality": {"steps": 4, "refine_steps": 4, "work_size": 1024},
-    },
-    "sdxl": {
-        "fast": {"steps": 12, "refine_steps": 6, "work_size": 512},
-        "balanced": {"steps": 20, "refine_steps": 10, "work_size": 768},
-        "quality": {"steps": 30, "refine_steps": 12, "work_size": 1024},
-    },
-}
+
 # resolution -> GarmentMask.output_size ("1k": <= 1.05 MP; "2k"/"4k": input size, long side capped).
 RESOLUTIONS = {"1k": "1k", "2k": "2k", "4k": "4k"}
 
 
-def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engine: str = "flux2_klein") -> dict:
+def workflow_files(engine: str) -> tuple[Path, Path]:
+    """(workflow without, with a face reference) that requests on ``engine`` fill: the engine module's
+    ``API_WORKFLOWS`` (names in the pack's workflows/ folder, or absolute paths)."""
+    names = engines.engine_module(engine).API_WORKFLOWS
+    return tuple(WORKFLOWS / name for name in names)
+
+
+def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engine: str = engines.DEFAULT_ENGINE,
+         segmenter: str = "") -> dict:
     """The API graph for ``request`` on ``engine``'s shipped workflow; ``images`` maps 'model' (and
-    'face_reference') to LoadImage names."""
-    plain, with_reference = WORKFLOW_FILES[engine]
+    'face_reference') to LoadImage names. The generation mode's numbers are the engine's own presets."""
+    plain, with_reference = workflow_files(engine)
     path = with_reference if request.face_reference is not None else plain
-    mode = GENERATION_MODES[engine][request.generation_mode]
+    preset = engines.capabilities(engine).settings(request.generation_mode)
     settings = [
-        f"ModelSwap_Sampler.steps={mode['steps']}",
-        f"ModelSwap_FaceRefine.steps={mode['refine_steps']}",
-        f"ModelSwap_FaceRefine.work_size={mode['work_size']}",
+        f"ModelSwap_Sampler.steps={preset.steps}",
+        f"ModelSwap_FaceRefine.steps={preset.refine_steps}",
+        f"ModelSwap_FaceRefine.work_size={preset.refine_work_size}",
         f'ModelSwap_GarmentMask.output_size="{RESOLUTIONS[request.resolution]}"',
     ]
     overrides = Overrides(image=Path(images["model"]), seed=request.seed, num_images=request.num_images,
                           prompt=request.prompt, face_reference_mode=request.face_reference_mode,
                           filename_prefix=filename_prefix, settings=settings)
-    return apply_overrides(load_workflow(path), overrides, images)
+    # segmenter (MODELSWAP_API_SEGMENTER): "fashn" or "selfie" replaces the workflow's parser loader; "" keeps it
+    return use_segmenter(apply_overrides(load_workflow(path), overrides, images), segmenter)
 
 
 def output_node(graph: dict) -> str:

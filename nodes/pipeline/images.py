@@ -13,9 +13,9 @@ import math
 import cv2
 import numpy as np
 
+from .contract import MAX_PIXELS  # FASHN processes at most about 1 MP
 from .errors import ImageLoadError, InputValidationError
 
-MAX_PIXELS = 1_050_000  # FASHN processes at most about 1 MP
 SIDE_MULTIPLE = 8  # SDXL's VAE downsamples by 8
 
 

@@ -16,8 +16,6 @@ for Python callers); the stages trust their callers.
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,8 +29,8 @@ from .engines.base import IdentityCondition, InpaintRequest
 from .errors import InputValidationError
 from .images import MAX_PIXELS, as_mask, as_rgb_uint8, pad_to_multiple, processing_size, resize
 from .prompting import NEGATIVE_PROMPT, PERSONS, framing_of, prompts_for, skin_tone_of
+from .timing import Timings, timed
 
-Timings = tuple  # ((stage name, seconds), ...)
 DEFAULT_BODY_STRENGTH = c.DEFAULT_BODY_STRENGTH
 FACEID_EMBEDDING_SIZE = 512  # ArcFace (insightface) embeddings, what IP-Adapter FaceID was trained on
 
@@ -40,8 +38,8 @@ FACEID_EMBEDDING_SIZE = 512  # ArcFace (insightface) embeddings, what IP-Adapter
 @dataclass(frozen=True)
 class MaskSettings:
     regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
-    grow: int = 4
-    feather: int = 8
+    grow: int = c.GROW.default
+    feather: int = c.FEATHER.default
     output_size: str = "processing"  # one of contract.OUTPUT_SIZES
     max_pixels: int = MAX_PIXELS
 
@@ -49,14 +47,14 @@ class MaskSettings:
 @dataclass(frozen=True)
 class GenerateSettings:
     prompt: str = ""
-    seed: int = 42
-    num_images: int = 1
-    steps: int = 30
-    strength: float = 1.0
-    guidance_scale: float = 5.0
+    seed: int = c.SEED.default
+    num_images: int = c.NUM_IMAGES.default
+    steps: int = c.STEPS.default  # 0: the engine's (Capabilities.settings)
+    strength: float = c.STRENGTH.default
+    guidance_scale: float = c.GUIDANCE.default
     negative_prompt: str = NEGATIVE_PROMPT
-    controlnet_scale: float = 0.8
-    body_strength: float = DEFAULT_BODY_STRENGTH  # body skin's share of the schedule; face and hair get all of it
+    controlnet_scale: float = c.CONTROLNET_SCALE.default
+    body_strength: float = c.BODY_STRENGTH.default  # body skin's share of the schedule; face and hair get all of it
     person: str = "auto"  # prompting.PERSONS: who the automatic prompt describes when analysis cannot tell
 
     def seeds(self) -> tuple[int, ...]:
@@ -114,20 +112,6 @@ class SwapResult:
     face_masks: list[np.ndarray] = field(default_factory=list)
 
 
-@contextmanager
-def timed(device, into: list, name: str):
-    """Append (name, seconds) to ``into``; on CUDA the clock stops after the device finishes."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if getattr(device, "type", str(device)) == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        into.append((name, time.perf_counter() - start))
-
-
 def output_hw(native_hw: tuple[int, int], processing_hw: tuple[int, int], output_size: str) -> tuple[int, int]:
     """(H, W) of the returned images for ``output_size`` (one of contract.OUTPUT_SIZES)."""
     if output_size == "processing":
@@ -172,7 +156,8 @@ def prepare(parser, image, settings: MaskSettings = MaskSettings(), *, external_
                     timings=tuple(timings))
 
 
-def encode(analyzer, prepared: Prepared, face_reference=None, *, identity_scale: float = 0.8) -> Encoded:
+def encode(analyzer, prepared: Prepared, face_reference=None, *, identity_scale: float = c.IDENTITY_SCALE.default
+           ) -> Encoded:
     """IdentityEncode: the model's main face and, with a reference, the identity to give it."""
     from .identity import encode_reference, main_face
 
@@ -214,7 +199,7 @@ def check_takes_identity(caps) -> None:
     """Refuse a face reference for an engine that can carry no identity."""
     if not (caps.embedding_identity or caps.reference_image):
         raise InputValidationError(
-            f"A face reference needs an identity-capable engine: the loaded {caps.name} engine has none. Load "
+            f"A face reference needs an identity-capable engine: the loaded {caps.label} engine has none. Load "
             "IP-Adapter FaceID (ip-adapter-faceid_sdxl.bin in models/ipadapter) with the SDXL pipeline, or use the "
             "FLUX.2 klein engine, which takes the identity from the reference image itself.")
 
@@ -231,11 +216,13 @@ def check_engine_fits(engine, encoded: Encoded, control_image) -> None:
             f"IP-Adapter FaceID needs insightface's {FACEID_EMBEDDING_SIZE}-d identity embedding, but the face "
             f"analyser gave {np.asarray(embedding).size}-d ones (OpenCV SFace): use the InsightFace loader "
             "(antelopev2) with the SDXL engine, or the FLUX.2 klein engine with the OpenCV analyser.")
-    if caps.controlnet != (control_image is not None):
+    if control_image is not None and not caps.controlnet:
         raise InputValidationError(
-            "A ControlNet and a control image go together: give both (pose/hand control) or neither."
-            if caps.name == "sdxl" or caps.controlnet else
-            f"The {caps.name} engine takes no control image: disconnect control_image.")
+            f"The loaded {caps.label} engine has no ControlNet, so it takes no control image: disconnect "
+            "control_image, or load a ControlNet with an engine that supports one (the SDXL Pipeline Loader).")
+    if caps.controlnet and control_image is None:
+        raise InputValidationError(
+            "A ControlNet and a control image go together: give both (pose/hand control) or neither.")
 
 
 def generate(engine, encoded: Encoded, settings: GenerateSettings = GenerateSettings(), *, control_image=None,
@@ -249,6 +236,7 @@ def generate(engine, encoded: Encoded, settings: GenerateSettings = GenerateSett
         sex=None if face is None else face.sex, age=None if face is None else face.age,
         reference_skin_tone=encoded.ref_tone, person=settings.person)
     multiple = engine.capabilities.side_multiple
+    steps = engine.capabilities.settings(steps=settings.steps).steps
     timings: list = []
     with timed(engine.device, timings, "generate"):
         padded, (h, w) = pad_to_multiple(prepared.image, multiple)
@@ -257,7 +245,7 @@ def generate(engine, encoded: Encoded, settings: GenerateSettings = GenerateSett
         if control_image is not None:
             control = pad_to_multiple(resize(as_rgb_uint8(control_image, "control image"), (h, w)), multiple)[0]
         images = engine.inpaint(InpaintRequest(
-            image=padded, mask=mask, prompts=tuple(prompts), seeds=seeds, steps=settings.steps,
+            image=padded, mask=mask, prompts=tuple(prompts), seeds=seeds, steps=steps,
             strength=settings.strength, negative_prompt=settings.negative_prompt,
             guidance_scale=settings.guidance_scale, identity=encoded.identity, control_image=control,
             controlnet_scale=settings.controlnet_scale), on_step)
@@ -298,22 +286,22 @@ class SwapOptions:
 
     prompt: str = ""
     face_reference_mode: str = c.MODES[0]
-    seed: int = 42
-    num_images: int = 1
-    steps: int = 30
-    strength: float = 1.0
-    guidance_scale: float = 5.0
-    identity_scale: float = 0.8
-    body_strength: float = DEFAULT_BODY_STRENGTH
+    seed: int = c.SEED.default
+    num_images: int = c.NUM_IMAGES.default
+    steps: int = c.STEPS.default  # 0: the engine's (FLUX.2 klein 4, SDXL 30)
+    strength: float = c.STRENGTH.default
+    guidance_scale: float = c.GUIDANCE.default
+    identity_scale: float = c.IDENTITY_SCALE.default
+    body_strength: float = c.BODY_STRENGTH.default
     person: str = "auto"
     regenerate: tuple[str, ...] = masks_mod.DEFAULT_REGENERATE
-    grow: int = 4
-    feather: int = 8
+    grow: int = c.GROW.default
+    feather: int = c.FEATHER.default
     output_size: str = "processing"
     max_pixels: int = MAX_PIXELS
     refine_faces: bool = True
     refine: Any = None  # face_refine.RefineSettings; None = its defaults
-    controlnet_scale: float = 0.8
+    controlnet_scale: float = c.CONTROLNET_SCALE.default
     negative_prompt: str = NEGATIVE_PROMPT
 
     def mask_settings(self) -> MaskSettings:
@@ -327,28 +315,14 @@ class SwapOptions:
                                 body_strength=self.body_strength, person=self.person)
 
 
-def _in(value, bounds, name: str, integer: bool = False) -> None:
-    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
-    if isinstance(value, bool) or not ok or not bounds[0] <= value <= bounds[1]:
-        kind = "an integer" if integer else "a number"
-        raise InputValidationError(f"{name}={value!r} is out of range: give {kind} from {bounds[0]} to {bounds[1]}.")
-
-
 def validate_options(o: SwapOptions) -> None:
-    """The Python boundary's check, from the same limits the widgets and the API use."""
+    """The Python boundary's check, from the same declarations (contract.py) the widgets and the API use."""
     from .face_refine import RefineSettings
 
-    _in(o.num_images, (1, c.MAX_IMAGES), "num_images", integer=True)
-    _in(o.seed, (0, c.SEED_MAX), "seed", integer=True)
-    _in(o.steps, c.STEPS, "steps", integer=True)
-    _in(o.strength, c.STRENGTH, "strength")
-    _in(o.guidance_scale, c.GUIDANCE, "guidance_scale")
-    _in(o.identity_scale, c.IDENTITY_SCALE, "identity_scale")
-    _in(o.body_strength, c.BODY_STRENGTH, "body_strength")
-    _in(o.controlnet_scale, c.CONTROLNET_SCALE, "controlnet_scale")
-    _in(o.grow, c.GROW, "grow", integer=True)
-    _in(o.feather, c.FEATHER, "feather", integer=True)
-    _in(o.max_pixels, (64 * 64, 16_777_216), "max_pixels", integer=True)
+    for param in (c.NUM_IMAGES, c.SEED, c.STEPS, c.STRENGTH, c.GUIDANCE, c.IDENTITY_SCALE, c.BODY_STRENGTH,
+                  c.CONTROLNET_SCALE, c.GROW, c.FEATHER):
+        c.check(param, getattr(o, param.name))
+    c.check(c.MAX_PIXELS_PARAM, o.max_pixels)
     if o.face_reference_mode not in c.MODES:
         raise InputValidationError(
             f"face_reference_mode={o.face_reference_mode!r} is not supported: use one of {', '.join(c.MODES)}.")

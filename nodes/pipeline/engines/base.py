@@ -16,26 +16,61 @@ This is how body skin changes tone while keeping its shape and shading.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 StepCallback = Callable[[int, int], None]  # (step index from 0, total steps); raising in it cancels
 
 
+GENERATION_MODES = ("fast", "balanced", "quality")  # FASHN's generation_mode values
+DEFAULT_MODE = "quality"  # what a 0 ("the engine's") in a widget or option means; the shipped workflows' settings
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An engine's numbers for one generation mode."""
+
+    steps: int  # sampler steps
+    refine_steps: int  # face-refine steps actually run
+    refine_work_size: int  # side of the square the face crop is sampled at
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine supports; callers branch on these, never on the engine's class."""
+    """Everything about an engine that callers need, as data: what it supports (callers branch on these,
+    never on the engine's name) and its settings per generation mode (read by the nodes, the HTTP API, the
+    runner and the Python API; see :meth:`settings`)."""
 
     name: str  # registry name, e.g. "sdxl", "flux2_klein"
     reference_image: bool  # identity taken from a reference image (IdentityCondition.reference)
     embedding_identity: bool  # identity taken from a face embedding (IdentityCondition.embedding)
     controlnet: bool  # a control image is accepted (and then required)
     guidance: bool  # classifier-free guidance_scale has an effect
-    default_steps: int  # sampler steps of the engine's "quality" setting
-    default_refine_steps: int  # face-refine steps actually run at its "quality" setting
     work_size: int  # the model's native square working side, in pixels
     side_multiple: int  # image sides handed to inpaint() must be multiples of this
+    presets: Mapping[str, Preset]  # GENERATION_MODES -> the engine's settings
+    display_name: str = ""  # for messages, e.g. "FLUX.2 klein 4B"
+
+    @property
+    def default_steps(self) -> int:
+        return self.presets[DEFAULT_MODE].steps
+
+    @property
+    def default_refine_steps(self) -> int:
+        return self.presets[DEFAULT_MODE].refine_steps
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    def settings(self, mode: str = DEFAULT_MODE, *, steps: int = 0, refine_steps: int = 0,
+                 refine_work_size: int = 0) -> Preset:
+        """The one place settings are filled from the engine: ``mode``'s preset, with every value given
+        (non-zero) kept. 0 (or None) means "the engine's"."""
+        preset = self.presets[mode]
+        return Preset(steps=int(steps or preset.steps), refine_steps=int(refine_steps or preset.refine_steps),
+                      refine_work_size=int(refine_work_size or preset.refine_work_size))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from ..errors import InputValidationError, MissingModelError
 from . import common, diffusers_compat
 from . import flux2_klein_files as kfiles
 from .flux2_klein_files import FOLDER_KEY, TEXT_ENCODER_KEY, TRANSFORMER_KEY, VAE_KEY
-from .base import Capabilities, InpaintRequest, StepCallback, is_binary, strength_thresholds
+from .base import Capabilities, InpaintRequest, Preset, StepCallback, is_binary, strength_thresholds
 
 CAPABILITIES = Capabilities(
     name="flux2_klein",
@@ -56,14 +56,20 @@ CAPABILITIES = Capabilities(
     embedding_identity=False,
     controlnet=False,
     guidance=False,  # step-distilled: is_distilled makes the pipeline ignore guidance_scale
-    default_steps=4,  # the distilled schedule
-    # FaceRefine runs at partial strength: 4 steps there would leave 1-3 actual steps, too few
-    # for a face at work size; 4 steps actually run keeps the distilled model in its schedule.
-    default_refine_steps=4,
     work_size=1024,  # 1 MP: the pipeline's own ceiling for the image and the reference
     side_multiple=16,  # VAE 8x and 2x2 latent patches
+    # Distilled to 4 sampler steps in every mode: the modes differ in the face pass. FaceRefine runs at
+    # partial strength; 4 steps actually run keeps the distilled model in its schedule (fewer: too few
+    # for a face at work size), "fast" trades that for speed on a 512 px crop.
+    presets={"fast": Preset(steps=4, refine_steps=2, refine_work_size=512),
+             "balanced": Preset(steps=4, refine_steps=4, refine_work_size=768),
+             "quality": Preset(steps=4, refine_steps=4, refine_work_size=1024)},
+    display_name="FLUX.2 klein 4B",
 )
 
+# The shipped API-format workflows (in the pack's workflows/ folder) that the HTTP API fills for this engine:
+# (without, with a face reference).
+API_WORKFLOWS = ("model_swap_api.json", "model_swap_face_reference_api.json")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flux2_klein_4b"
 TEXT_ENCODER_LAYERS = (9, 18, 27)  # hidden states the klein pipelines stack (diffusers' default)
 MAX_SEQUENCE_LENGTH = 512

@@ -31,11 +31,16 @@ from .. import model_files
 from ..contract import CHECKPOINT_SUFFIXES, SAFETENSORS_SUFFIXES
 from ..errors import InputValidationError, ModelSwapError
 from . import common, diffusers_compat
-from .base import Capabilities, InpaintRequest, StepCallback
+from .base import Capabilities, InpaintRequest, Preset, StepCallback
 
 CAPABILITIES = Capabilities(
     name="sdxl", reference_image=False, embedding_identity=True, controlnet=True, guidance=True,
-    default_steps=30, default_refine_steps=12, work_size=1024, side_multiple=8)
+    work_size=1024, side_multiple=8, display_name="SDXL inpainting",
+    presets={"fast": Preset(steps=12, refine_steps=6, refine_work_size=512),
+             "balanced": Preset(steps=20, refine_steps=10, refine_work_size=768),
+             "quality": Preset(steps=30, refine_steps=12, refine_work_size=1024)})
+# The shipped API-format workflows the HTTP API fills for this engine: (without, with a face reference).
+API_WORKFLOWS = ("model_swap_sdxl_api.json", "model_swap_sdxl_face_reference_api.json")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sdxl"
 CONTROLNET_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "controlnet_sdxl" / "config.json"
 CONVERT_HINT = ("Use an SDXL checkpoint (e.g. sd_xl_base_1.0.safetensors or an SDXL inpainting checkpoint) in "
