@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--face-reference-mode", choices=("match_reference", "match_base"))
     ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                     help="set any widget, e.g. ModelSwap_FaceRefine.strength=0.5 (repeatable)")
+    ap.add_argument("--segmenter", choices=("fashn", "selfie"),
+                    help="GarmentMask's parser: fashn (FASHN's human parser, non-commercial) or selfie (the MediaPipe "
+                         "selfie segmenter, Apache-2.0); default: the workflow's own")
     ap.add_argument("--out", type=Path, required=True, help="folder for the output images")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="URL of a running ComfyUI, e.g. http://127.0.0.1:8188")
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
         return wr.EXIT_USAGE
     try:
         graph = wr.load_workflow(args.workflow)
-    except wr.WorkflowError as exc:
+        graph = importlib.import_module("comfyui_model_swap.nodes.segmenters").use_segmenter(graph, args.segmenter)
+    except (wr.WorkflowError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return wr.EXIT_USAGE
     try:

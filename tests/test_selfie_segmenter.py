@@ -159,3 +159,36 @@ def test_a_segmenter_label_map_builds_the_same_swap_mask_as_a_parser_would(segme
     swap = build_swap_mask(labels, regenerate=segmenter.resolve_classes(("face", "hair", "torso", "arms", "hands",
                                                                           "legs", "feet")), grow=0, feather=0)
     assert np.array_equal(swap.hard, np.isin(labels, [LABEL_IDS[n] for n in ("face", "hair", "torso")]))
+
+
+# ------------------------------------------------------------------------------- choosing the segmenter
+
+def test_the_api_and_the_runner_choose_the_segmenter_with_one_word(tmp_path):
+    import json
+
+    from comfyui_model_swap.nodes.fashn_api.config import ApiConfig
+    from comfyui_model_swap.nodes.fashn_api.protocol import RunRequest
+    from comfyui_model_swap.nodes.fashn_api.workflow_fill import fill
+    from comfyui_model_swap.nodes.segmenters import LOADER_TYPES
+
+    assert ApiConfig.from_env({}).segmenter == ""  # the workflow's own
+    assert ApiConfig.from_env({"MODELSWAP_API_SEGMENTER": "fashn"}).segmenter == "fashn"
+    assert ApiConfig.from_env({licence_guard.ENV_VAR: "1"}).segmenter == "selfie"  # the guard's default
+    with pytest.raises(ValueError, match="MODELSWAP_API_SEGMENTER='sam'.*fashn, selfie"):
+        ApiConfig.from_env({"MODELSWAP_API_SEGMENTER": "sam"})
+    for word, loader in (("selfie", "ModelSwap_SelfieSegmenterLoader"), ("fashn", "ModelSwap_HumanParserLoader")):
+        graph = fill(RunRequest(model_image="x"), {"model": "in/model.png"}, "out", segmenter=word)
+        (parser_id,) = [k for k, n in graph.items() if n["class_type"] in LOADER_TYPES]
+        assert graph[parser_id]["class_type"] == loader
+        (mask,) = [n for n in graph.values() if n["class_type"] == "ModelSwap_GarmentMask"]
+        assert mask["inputs"]["parser"] == [parser_id, 0]
+    # the runner's --segmenter: the same rewrite, which keeps the loader's Licence Guard link
+    from comfyui_model_swap.nodes.segmenters import use_segmenter
+
+    root = model_files.Path(__file__).resolve().parents[1]
+    commercial = json.loads((root / "workflows" / "model_swap_commercial_api.json").read_text())
+    swapped = use_segmenter(commercial, "fashn")
+    (loader,) = [n for n in swapped.values() if n["class_type"] == "ModelSwap_HumanParserLoader"]
+    assert loader["inputs"]["licence_guard"][0] in swapped and use_segmenter(commercial, "") is commercial
+    with pytest.raises(ValueError, match="no parser loader"):
+        use_segmenter({"1": {"class_type": "LoadImage", "inputs": {}}}, "selfie")
