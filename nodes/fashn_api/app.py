@@ -229,7 +229,7 @@ class FashnApi:
         for role, (ref, what) in sources.items():
             await self._load_image(ref, what, self.backend.input_dir / folder / f"{role}.png")
             names[role] = f"{folder}/{role}.png"  # LoadImage's name, relative to ComfyUI's input folder
-        graph = fill(run, names, f"{folder}/raw", self.config.engine)
+        graph = fill(run, names, f"{folder}/raw", self.config.engine, self.config.segmenter)
         prediction.output_node = output_node(graph)
         return graph
 
