@@ -26,13 +26,13 @@ def test_the_installed_diffusers_is_in_range_and_has_every_name_each_engine_uses
         diffusers_compat.check(engine)
 
 
-@pytest.mark.parametrize("version", ["0.37.2", "0.43.0", "0.43.0.dev0", "1.0.0", "not-a-version"])
+@pytest.mark.parametrize("version", ["0.37.2", "0.38.0", "0.43.0", "0.43.0.dev0", "1.0.0", "not-a-version"])
 def test_a_diffusers_outside_the_tested_range_is_refused_naming_version_range_and_fix(monkeypatch, version):
     monkeypatch.setattr(diffusers_compat, "installed_version", lambda: version)
     with pytest.raises(DependencyError) as err:
         diffusers_compat.check("flux2_klein")
     message = str(err.value)
-    assert f"installed diffusers is {version};" in message and ">=0.38,<0.43" in message and FIX in message
+    assert f"installed diffusers is {version};" in message and ">=0.39,<0.43" in message and FIX in message
 
 
 @pytest.mark.parametrize("engine, owner, name", [

@@ -23,8 +23,10 @@ import importlib
 
 from ..errors import DependencyError
 
-SUPPORTED = ((0, 38), (0, 43))  # >= 0.38 (FLUX.2 klein inpainting arrived), < 0.43 (0.38.0 and 0.42.1 checked)
-REQUIREMENT = "diffusers>=0.38,<0.43"
+# >= 0.39: FLUX.2 klein inpainting arrived in 0.38, but 0.38's single-file SDXL loader fails with transformers 5
+# (CLIPTextModel lost .text_model); < 0.43: the engine tests passed on 0.39.0 and 0.42.1, nothing newer is vouched for.
+SUPPORTED = ((0, 39), (0, 43))
+REQUIREMENT = "diffusers>=0.39,<0.43"
 
 _PIPELINE = ("diffusers", "DiffusionPipeline")
 _KLEIN = ("diffusers", "Flux2KleinInpaintPipeline")
