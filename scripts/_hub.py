@@ -10,6 +10,7 @@ turns a refusal into a message that names the fix.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import shutil
 import sys
@@ -57,7 +58,7 @@ def remote_files(spec, pinned_sha256: str = "") -> list[Remote]:
         raise InstallError(f"{spec.title}: HF_HUB_OFFLINE is set, so nothing can be downloaded from the hub. "
                            "Unset HF_HUB_OFFLINE and run again, or place the files yourself.", EXIT_UNAVAILABLE)
     try:
-        info = HfApi().model_info(spec.repo, files_metadata=True, token=token())
+        info = _repo_info(HfApi, spec.repo)
     except Exception as exc:  # the hub's HTTP errors and the transport errors of its HTTP library
         raise hub_error(exc, spec) from None
     siblings = {s.rfilename: s for s in info.siblings or []}
@@ -76,6 +77,12 @@ def remote_files(spec, pinned_sha256: str = "") -> list[Remote]:
         files.append(Remote(path, hf_hub_url(spec.repo, path, revision=info.sha or "main"), s.size, sha,
                             "" if lfs else str(s.blob_id or "").lower()))
     return files
+
+
+@functools.lru_cache(maxsize=None)
+def _repo_info(api_class, repo: str):
+    """One API call per repo and run (three klein files share one repo), with sizes and hashes."""
+    return api_class().model_info(repo, files_metadata=True, token=token())
 
 
 def hub_error(exc: BaseException, spec) -> InstallError:
