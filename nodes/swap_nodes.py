@@ -28,12 +28,14 @@ class GarmentMask(io.ComfyNode):
             node_id=f"{glue.PACK}_GarmentMask",
             display_name="GarmentMask",
             category=glue.CATEGORY,
-            description="Parses the model photo into FASHN's 18 classes and builds the regenerate mask (skin and "
+            description="Parses the model photo (FASHN's 18 classes, or the selfie segmenter's 6) and builds the "
+                        "regenerate mask (skin and "
                         "hair by default). Garments, accessories and background are preserved pixel for pixel.",
             inputs=[
                 io.Image.Input("image", tooltip="The fashion model photo (a batch is processed image by image)."),
                 ParserType.Input("parser", optional=True,
-                                 tooltip="Human parser from the Human Parser Loader; optional when a mask is given."),
+                                 tooltip="FASHN's human parser (Human Parser Loader) or the licence-clean selfie "
+                                         "segmenter (Selfie Segmenter Loader); optional when a mask is given."),
                 io.String.Input("regenerate", default=DEFAULT_CLASSES,
                                 tooltip="Classes to regenerate, comma separated, from: face, hair, top, dress, skirt, "
                                         "pants, belt, bag, hat, scarf, glasses, arms, hands, legs, feet, torso, "
