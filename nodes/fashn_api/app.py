@@ -130,6 +130,7 @@ class FashnApi:
         routes.post("/v1/run")(fashn_errors(self.handle_run))
         routes.get("/v1/status/{id}")(fashn_errors(self.handle_status))
         routes.get("/v1/outputs/{id}/{name}")(fashn_errors(self.handle_output))
+        routes.get("/v1/cluster")(fashn_errors(self.handle_cluster))
 
     async def handle_run(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -143,6 +144,15 @@ class FashnApi:
     async def handle_status(self, request: web.Request) -> web.Response:
         self._authorize(request)
         return web.json_response((await self.store.get(request.match_info["id"])).payload())
+
+    async def handle_cluster(self, request: web.Request) -> web.Response:
+        """For operators: the Redis cluster's state (README "Several GPUs"); 404 with the SQLite store."""
+        self._authorize(request)
+        status = getattr(self.store, "cluster_status", None)
+        if status is None:
+            raise HttpError(404, "NotFound", "No cluster: this server keeps its predictions in SQLite "
+                                             "(set MODELSWAP_API_REDIS_URL to share a Redis queue).")
+        return web.json_response(await status())
 
     async def handle_output(self, request: web.Request) -> web.StreamResponse:
         """An output image of a URL-mode prediction. The id (random, 122 bits) is the capability,
