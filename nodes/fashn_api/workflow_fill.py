@@ -30,15 +30,14 @@ def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engi
     plain, with_reference = workflow_files(engine)
     path = with_reference if request.face_reference is not None else plain
     preset = engines.capabilities(engine).settings(request.generation_mode)
-    settings = [
-        f"ModelSwap_Sampler.steps={preset.steps}",
-        f"ModelSwap_FaceRefine.steps={preset.refine_steps}",
-        f"ModelSwap_FaceRefine.work_size={preset.refine_work_size}",
-        f'ModelSwap_GarmentMask.output_size="{RESOLUTIONS[request.resolution]}"',
-    ]
+    values = {
+        "ModelSwap_Sampler": {"steps": preset.steps},
+        "ModelSwap_FaceRefine": {"steps": preset.refine_steps, "work_size": preset.refine_work_size},
+        "ModelSwap_GarmentMask": {"output_size": RESOLUTIONS[request.resolution]},
+    }
     overrides = Overrides(image=Path(images["model"]), seed=request.seed, num_images=request.num_images,
                           prompt=request.prompt, face_reference_mode=request.face_reference_mode,
-                          filename_prefix=filename_prefix, settings=settings)
+                          filename_prefix=filename_prefix, values=values)
     # segmenter (MODELSWAP_API_SEGMENTER): "fashn" or "selfie" replaces the workflow's parser loader; "" keeps it
     return use_segmenter(apply_overrides(load_workflow(path), overrides, images), segmenter)
 

@@ -25,6 +25,7 @@ class Overrides:
     face_reference_mode: str | None = None
     filename_prefix: str | None = None
     settings: list[str] = field(default_factory=list)  # "ClassType.input=value" (value parsed as JSON if it can be)
+    values: dict[str, dict[str, object]] = field(default_factory=dict)  # {ClassType: {input: value}}, typed
 
 
 def load_workflow(path: Path) -> dict:
@@ -85,9 +86,25 @@ def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str])
             inputs["face_reference_mode"] = overrides.face_reference_mode
         if cls.endswith("SaveImage") and overrides.filename_prefix:  # ComfyUI's or the pack's
             inputs["filename_prefix"] = overrides.filename_prefix
+    for node_name, values in overrides.values.items():
+        for key, value in values.items():
+            _set(graph, node_name, key, value, f"{node_name}.{key}")
     for item in overrides.settings:
         _apply_setting(graph, item)
+    check_values(graph)
     return graph
+
+
+def check_values(graph: dict) -> None:
+    """Refuse out-of-range or off-step widget values of the pack's nodes with the words their widgets
+    and the HTTP API use (pipeline/contract.py), before anything is queued."""
+    from ..pipeline import contract
+
+    problems = [problem for node in graph.values()
+                for problem in contract.node_problems(node["class_type"], {
+                    k: v for k, v in node.get("inputs", {}).items() if not isinstance(v, list)})]
+    if problems:
+        raise WorkflowError(" ".join(problems))
 
 
 def _apply_setting(graph: dict, item: str) -> None:
@@ -100,13 +117,18 @@ def _apply_setting(graph: dict, item: str) -> None:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    _set(graph, node_name, key, value, f"--set {item!r}")
+
+
+def _set(graph: dict, node_name: str, key: str, value, what: str) -> None:
+    """Set input ``key`` of every node whose class or title is ``node_name``."""
     hits = [n for n in graph.values()
             if node_name in (n["class_type"], n.get("_meta", {}).get("title")) and key in n.get("inputs", {})]
     if not hits:
-        raise WorkflowError(f"--set {item!r}: no node of class or title {node_name!r} has an input {key!r}.")
+        raise WorkflowError(f"{what}: no node of class or title {node_name!r} has an input {key!r}.")
     for node in hits:
         if isinstance(node["inputs"][key], list):
-            raise WorkflowError(f"--set {item!r}: {key} is a link from another node, not a value.")
+            raise WorkflowError(f"{what}: {key} is a link from another node, not a value.")
         node["inputs"][key] = value
 
 

@@ -1,15 +1,25 @@
 """Generation engines, by name: the one list of engines. Adding one means adding its module and one
-line in ``ENGINES`` (or :func:`register` from outside the pack); nothing else changes.
+line in ``ENGINES``, or, from outside the pack, :func:`register` or the environment variable
+``MODELSWAP_ENGINES="name=dotted.module[,name2=...]"`` (read here, the module imported when first used);
+nothing else changes: the stages, the Engine Loader node, the HTTP API's engine setting and the
+installer's list read this registry.
 
-Each engine module defines ``CAPABILITIES`` (a :class:`base.Capabilities`: what it supports and its
-settings per generation mode), a frozen ``Files`` dataclass naming the model files it loads, and
-``load(files, *, device, dtype, offload) -> base.Engine``. Modules import torch and diffusers
-lazily, so reading capabilities is cheap.
+Each engine module defines:
+- ``CAPABILITIES`` (a :class:`base.Capabilities`: what it supports, its presets per generation mode);
+- ``Files`` (a frozen dataclass naming the model files it loads) and
+  ``load(files, *, device, dtype, offload) -> base.Engine``;
+- ``MODEL_FOLDERS`` (the ComfyUI models folders its main model comes from) and
+  ``load_model(path, locate, *, device, dtype, offload) -> base.Engine`` (its main model, the rest at
+  the default names; ``locate(folder, name)`` finds a file): what the generic Engine Loader calls;
+- ``API_WORKFLOWS``: the API-format workflows (without, with a face reference) the HTTP API fills,
+  by name in the pack's workflows/ folder or as absolute paths.
+Modules import torch and diffusers lazily, so reading capabilities is cheap.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 from .base import Capabilities, Engine, IdentityCondition, InpaintRequest, StepCallback
 
@@ -18,6 +28,7 @@ ENGINES = {  # name -> module (in this package, or a dotted name); the default f
     "sdxl": "sdxl",
 }
 DEFAULT_ENGINE = "flux2_klein"  # the shipped default workflows' engine (Apache-2.0)
+ENGINES_VARIABLE = "MODELSWAP_ENGINES"
 
 __all__ = ["Capabilities", "Engine", "IdentityCondition", "InpaintRequest", "StepCallback", "ENGINES",
            "DEFAULT_ENGINE", "engine_module", "capabilities", "register"]
@@ -45,3 +56,20 @@ def register(name: str, module: str) -> None:
 
         raise InputValidationError(f"Engine name {name!r} must be an identifier (letters, digits, _).")
     ENGINES[name] = module
+
+
+def register_from_env(env=None) -> None:
+    """Register the engines ``MODELSWAP_ENGINES`` names ("name=dotted.module", comma separated)."""
+    raw = (os.environ if env is None else env).get(ENGINES_VARIABLE, "")
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, module = item.partition("=")
+        if not sep or not module.strip():
+            from ..errors import InputValidationError
+
+            raise InputValidationError(
+                f"{ENGINES_VARIABLE} item {item!r} is not name=module: write e.g. "
+                f"{ENGINES_VARIABLE}=myengine=my_package.my_engine")
+        register(name.strip(), module.strip())
+
+
+register_from_env()

@@ -70,6 +70,8 @@ CAPABILITIES = Capabilities(
 # The shipped API-format workflows (in the pack's workflows/ folder) that the HTTP API fills for this engine:
 # (without, with a face reference).
 API_WORKFLOWS = ("model_swap_api.json", "model_swap_face_reference_api.json")
+# Where the Engine Loader finds the main model: the transformer file, or the diffusers folder.
+MODEL_FOLDERS = ("diffusion_models", "diffusers")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flux2_klein_4b"
 TEXT_ENCODER_LAYERS = (9, 18, 27)  # hidden states the klein pipelines stack (diffusers' default)
 MAX_SEQUENCE_LENGTH = 512
@@ -204,6 +206,22 @@ def cached_load(files: Files, *, device: Any = "auto", dtype: Any = None, offloa
                 common.free_accelerator_memory()
             _CACHE[key] = load(files, device=dev, dtype=torch_dtype, offload=offload)
         return _CACHE[key]
+
+
+def load_model(model: Path, locate, *, device: Any = "auto", dtype: Any = None,
+               offload: str = "none") -> "Flux2KleinEngine":
+    """The Engine Loader's entry: a diffusers folder, or the transformer file with the text encoder and
+    the VAE at their default names (``locate(folder, name)`` finds them in ComfyUI's models folders)."""
+    from .. import model_files
+
+    model = Path(model)
+    if model.is_dir():
+        files = Files(folder=model)
+    else:
+        files = Files(transformer=model,
+                      text_encoder=Path(locate("text_encoders", model_files.MODELS[TEXT_ENCODER_KEY].name)),
+                      vae=Path(locate("vae", model_files.MODELS[VAE_KEY].name)))
+    return cached_load(files, device=device, dtype=dtype, offload=offload)
 
 
 def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> "Flux2KleinEngine":

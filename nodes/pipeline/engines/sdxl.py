@@ -41,6 +41,8 @@ CAPABILITIES = Capabilities(
              "quality": Preset(steps=30, refine_steps=12, refine_work_size=1024)})
 # The shipped API-format workflows the HTTP API fills for this engine: (without, with a face reference).
 API_WORKFLOWS = ("model_swap_sdxl_api.json", "model_swap_sdxl_face_reference_api.json")
+# Where the Engine Loader finds the main model: an SDXL checkpoint, or a diffusers folder.
+MODEL_FOLDERS = ("checkpoints", "diffusers")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sdxl"
 CONTROLNET_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "controlnet_sdxl" / "config.json"
 CONVERT_HINT = ("Use an SDXL checkpoint (e.g. sd_xl_base_1.0.safetensors or an SDXL inpainting checkpoint) in "
@@ -97,6 +99,12 @@ def clear_cache() -> None:
         _ATTACHED.clear()
     if had:
         common.free_accelerator_memory()
+
+
+def load_model(model: Path, locate, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> SDXLEngine:
+    """The Engine Loader's entry: the SDXL model alone (no FaceID, no ControlNet: the Pipeline Loader
+    adds those)."""
+    return load(Files(model=Path(model)), device=device, dtype=dtype, offload=offload)
 
 
 def load(files: Files, *, device: Any = "auto", dtype: Any = None, offload: str = "none") -> SDXLEngine:
