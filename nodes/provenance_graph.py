@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .fashn_api.workflow_fill import GENERATION_MODES
-from .pipeline import contract, model_files
+from .pipeline import contract, engines, model_files
 from .pipeline.provenance import COMPOSITE, ModelUse, Record
 from .workflow_runner import required_models
 
 SAVE_NODE = "ModelSwap_SaveImage"
-# The loaders whose MODELSWAP_GENERATOR output a sampler takes, and the engine each one loads.
+# The engine-specific loaders whose MODELSWAP_GENERATOR output a sampler takes, and the engine each loads
+# (a loader with an ``engine`` input, such as the Engine Loader, names it there).
 GENERATOR_LOADERS = {"ModelSwap_KleinLoader": "flux2_klein", "ModelSwap_PipelineLoader": "sdxl"}
 
 
@@ -64,12 +64,36 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def generation_mode(engine: str | None, steps, refine_steps, work_size) -> str:
-    """The API's generation_mode whose settings these are, else 'custom'."""
-    for name, mode in GENERATION_MODES.get(engine, {}).items():
-        if (mode["steps"], mode["refine_steps"], mode["work_size"]) == (steps, refine_steps, work_size):
+def _engine(loader: dict) -> str | None:
+    chosen = loader.get("inputs", {}).get("engine")
+    return chosen if isinstance(chosen, str) else GENERATOR_LOADERS.get(loader.get("class_type"))
+
+
+def _capabilities(engine: str | None):
+    return engines.capabilities(engine) if engine in engines.ENGINES else None
+
+
+def generation_mode(engine: str | None, steps: int | None, refine_steps: int | None,
+                    work_size: int | None) -> str:
+    """The generation mode (fast, balanced, quality) whose engine preset these settings are, else 'custom'."""
+    caps = _capabilities(engine)
+    presets = caps.presets if caps else {}
+    for name, preset in presets.items():
+        if (preset.steps, preset.refine_steps, preset.refine_work_size) == (steps, refine_steps, work_size):
             return name
     return "custom"
+
+
+def _resolved(engine: str | None, steps, refine_steps, work_size) -> tuple:
+    """0 in a widget means the engine's own value (its default preset): the record says which."""
+    caps = _capabilities(engine)
+    if caps is None:
+        return steps, refine_steps, work_size
+    preset = caps.settings(steps=steps or 0, refine_steps=refine_steps or 0,
+                                                   refine_work_size=work_size or 0)
+    return (preset.steps if steps is not None else None,
+            preset.refine_steps if refine_steps is not None else None,
+            preset.refine_work_size if work_size is not None else None)
 
 
 def record_for(graph: dict, node_id: str, *, record_prompt: bool = False) -> GraphRecord | None:
@@ -82,13 +106,13 @@ def record_for(graph: dict, node_id: str, *, record_prompt: bool = False) -> Gra
     sampler_id, sampler = found
     inputs = sampler.get("inputs", {})
     loader = next((nodes.get(src) for _, src in _links(sampler, ("generator",))), None) or {}
-    engine = GENERATOR_LOADERS.get(loader.get("class_type"))
+    engine = _engine(loader)
     refine = _one(nodes, "ModelSwap_FaceRefine")
     refine_inputs = refine[1].get("inputs", {}) if refine else {}
     refined = refine is not None and refine_inputs.get("enabled", True) is not False
-    steps = _int(inputs.get("steps"))
-    refine_steps = _int(refine_inputs.get("steps")) if refined else None
-    work_size = _int(refine_inputs.get("work_size")) if refined else None
+    steps, refine_steps, work_size = _resolved(
+        engine, _int(inputs.get("steps")), _int(refine_inputs.get("steps")) if refined else None,
+        _int(refine_inputs.get("work_size")) if refined else None)
     prompt = inputs.get("prompt")
     encode = _one(nodes, "ModelSwap_IdentityEncode")
     models = tuple(ModelUse(name=name, title=model_files.MODELS[key].title, licence=model_files.MODELS[key].licence,
