@@ -18,10 +18,14 @@ import pytest
 from PIL import Image
 
 import comfy_harness
+import provenance_check as pc
 import tiny_models
+from comfyui_model_swap.nodes import provenance_graph
 from same_picture import assert_same_picture
+from comfyui_model_swap.nodes.pipeline import model_files
 from comfyui_model_swap.nodes.pipeline.loading import load_parser
 from comfyui_model_swap.nodes.pipeline.pipeline import MaskSettings, prepare
+from comfyui_model_swap.nodes.workflow_runner import required_models
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
@@ -128,6 +132,16 @@ def test_widget_defaults_are_the_apis_defaults(server):
     assert refine["face_reference_mode"][1]["default"] == "match_reference"
 
 
+def test_every_generator_loader_is_known_to_the_provenance_record(server):
+    """The record names the engine from the loader feeding the sampler: its ``engine`` input, else the
+    list of engine-specific loaders, which a new one must join."""
+    info = server.object_info()
+    generators = {n for n, spec in info.items() if "MODELSWAP_GENERATOR" in spec.get("output", [])}
+    unnamed = {n for n in generators if "engine" not in info[n]["input"].get("required", {})}
+    assert set(provenance_graph.GENERATOR_LOADERS) <= generators
+    assert unnamed <= set(provenance_graph.GENERATOR_LOADERS)
+
+
 def test_dropdowns_list_the_installed_models(server):
     info = server.object_info()
     assert "stable-diffusion-xl-1.0-inpainting-0.1" in info["ModelSwap_PipelineLoader"]["input"]["required"]["model"][1]["options"]
@@ -158,6 +172,19 @@ def test_shipped_workflow_runs_keeps_garments_exact_and_reports_every_step(serve
     assert out.shape == photo.shape and keep.mean() > 0.2
     assert np.abs(out.astype(int) - photo.astype(int)).max(axis=-1)[keep].max() == 0
     assert (out[~keep] != photo[~keep]).any()
+    # the file says how it was made (read by exiftool); this ComfyUI has no certificate: no C2PA manifest
+    data = files[0].read_bytes()
+    tags = pc.exif_xmp(data)
+    assert tags["XMP-iptcExt:DigitalSourceType"] == pc.COMPOSITE
+    assert tags["XMP-modelswap:Engine"] == ("sdxl" if "sdxl" in workflow.name else "flux2_klein")
+    assert tags["XMP-modelswap:Seed"] == node_of(graph, "ModelSwap_Sampler")["inputs"]["seed"]
+    assert [(m["Name"], m["Licence"]) for m in tags["XMP-modelswap:Models"]] == [
+        (name, model_files.MODELS[key].licence) for key, name in required_models(graph)]
+    assert tags["XMP-modelswap:NonCommercialWeights"] == ("commercial" not in workflow.name)
+    assert not pc.has_c2pa(data)
+    with Image.open(files[0]) as image:  # and ComfyUI's own metadata, as its Save Image writes it
+        saved = json.loads(image.info["prompt"])
+    assert {k: n["inputs"] for k, n in saved.items()} == {k: n["inputs"] for k, n in graph.items()}
 
 
 def test_klein_batch_of_four_on_a_real_photo_is_four_single_runs_at_seed_plus_i(server, inputs, models,
