@@ -27,6 +27,7 @@ from PIL import Image
 
 import comfy_harness
 import fashn
+import provenance_check as pc
 import tiny_models
 
 
@@ -141,7 +142,27 @@ def image_host():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models_dir, image_host):
+def chain(tmp_path_factory):
+    """The test certificate chain the server signs C2PA manifests with (MODELSWAP_C2PA_CERT/KEY)."""
+    return pc.make_chain(tmp_path_factory.mktemp("c2pa"))
+
+
+def check_provenance(data: bytes, chain, *, seed: int, face_reference: bool = False) -> None:
+    """An API output says how it was made: XMP (exiftool) and a C2PA manifest valid on the test chain,
+    the input photo its parent; never the prompt (the API does not record it)."""
+    tags = pc.exif_xmp(data)
+    assert tags["XMP-iptcExt:DigitalSourceType"] == pc.COMPOSITE
+    assert (tags["XMP-modelswap:Engine"], tags["XMP-modelswap:Seed"]) == ("flux2_klein", seed)
+    assert tags["XMP-modelswap:GenerationMode"] == "fast" and tags["XMP-modelswap:FaceReference"] == face_reference
+    assert "fashn-human-parser" in [m["Name"] for m in tags["XMP-modelswap:Models"]]
+    assert "XMP-modelswap:Prompt" not in tags
+    manifest, state = pc.c2pa_manifest(data, chain)
+    assert state == "Trusted" and [a["action"] for a in pc.actions(manifest)] == ["c2pa.opened", "c2pa.edited"]
+    assert pc.actions(manifest)[1]["digitalSourceType"] == pc.COMPOSITE
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_models_dir, image_host, chain):
     comfy_harness.require_comfyui()
     models = tmp_path_factory.mktemp("api-models") / "models"
     shutil.copytree(tiny_models_dir, models, symlinks=True)
@@ -152,6 +173,7 @@ def server(tmp_path_factory, tiny_models_dir, image_host):
         "MODELSWAP_API_KEEP_BASE64_S": str(KEEP_BASE64_S),
         "MODELSWAP_API_FETCH_TIMEOUT_S": "5",
         "PYTHONPATH": f"{NETGUARD}:{comfy_harness.TORCHVISION_STUB}",
+        **chain.env(),
     }
     with comfy_harness.ComfyServer(tmp_path_factory.mktemp("api-comfy"), models_dir=models, env=env) as srv:
         yield srv
@@ -208,7 +230,7 @@ def background_equal(output: Image.Image, photo: np.ndarray) -> bool:
 
 # ------------------------------------------------------------------------------ the SDK
 
-def test_sdk_base64_png_without_reference_keeps_background_exact_and_a_fixed_seed_repeats(client, server):
+def test_sdk_base64_png_without_reference_keeps_background_exact_and_a_fixed_seed_repeats(client, server, chain):
     before = files_under(server)
     first = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), seed=7, return_base64=True)
     assert first.status == "completed" and first.error is None, first
@@ -219,13 +241,17 @@ def test_sdk_base64_png_without_reference_keeps_background_exact_and_a_fixed_see
     assert not np.array_equal(np.asarray(image), PHOTO)  # the person was regenerated
     # nothing of a base64 prediction is left in ComfyUI's input, output or temp folders
     assert files_under(server) - before == set()
+    check_provenance(base64.b64decode(first.output[0].split(",", 1)[1]), chain, seed=7)
     again = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), seed=7, return_base64=True)
-    assert again.output == first.output  # the same bytes
+    # the same picture and record (the C2PA manifest's ids and signature differ from run to run)
+    assert np.array_equal(np.asarray(decode(again.output[0])), np.asarray(image))
+    assert pc.exif_xmp(base64.b64decode(again.output[0].split(",", 1)[1])) == pc.exif_xmp(
+        base64.b64decode(first.output[0].split(",", 1)[1]))
     other = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), seed=8, return_base64=True)
-    assert other.output != first.output
+    assert not np.array_equal(np.asarray(decode(other.output[0])), np.asarray(image))
 
 
-def test_sdk_url_outputs_jpeg_four_images_served_by_this_server(client, server):
+def test_sdk_url_outputs_jpeg_four_images_served_by_this_server(client, server, chain):
     result = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), num_images=4, output_format="jpeg",
                        seed=11)
     assert result.status == "completed" and len(result.output) == 4
@@ -234,8 +260,10 @@ def test_sdk_url_outputs_jpeg_four_images_served_by_this_server(client, server):
         assert url.startswith(server.url + "/v1/outputs/" + result.id + "/")
         with DIRECT.open(url, timeout=30) as response:  # no key needed: the random id is the capability
             assert response.headers["Content-Type"] == "image/jpeg"
-            image = decode(response.read())
+            data = response.read()
+        image = decode(data)
         assert image.format == "JPEG" and image.size == (128, 128)
+        check_provenance(data, chain, seed=11 + len(images))  # image i: seed + i
         images.append(np.asarray(image))
     assert len({a.tobytes() for a in images}) == 4  # seed, seed+1, ...: four different people
     escape = urllib.request.Request(f"{server.url}/v1/outputs/{result.id}/..%2F..%2Fcomfyui.log")
@@ -248,7 +276,7 @@ def test_sdk_url_outputs_jpeg_four_images_served_by_this_server(client, server):
     ("match_base", "jpeg", True, 1),
     ("match_reference", "png", False, 4),
 ])
-def test_sdk_face_reference_in_both_modes(client, server, mode, fmt, base64_out, num):
+def test_sdk_face_reference_in_both_modes(client, server, chain, mode, fmt, base64_out, num):
     result = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), face_reference=data_uri(png_bytes(REFERENCE)),
                        face_reference_mode=mode, output_format=fmt, return_base64=base64_out, num_images=num, seed=3)
     assert result.status == "completed", result.error
@@ -257,6 +285,7 @@ def test_sdk_face_reference_in_both_modes(client, server, mode, fmt, base64_out,
         if base64_out:
             assert out.startswith(f"data:image/{fmt};base64,")
             image = decode(out)
+            check_provenance(base64.b64decode(out.split(",", 1)[1]), chain, seed=3, face_reference=True)
         else:
             with DIRECT.open(out, timeout=30) as response:
                 image = decode(response.read())
@@ -398,7 +427,7 @@ def test_twenty_concurrent_submissions_all_complete_none_lost(server):
     assert [r.status for r in results] == ["completed"] * 20
     assert [len(r.output) for r in results] == [1 + s % 2 for s in range(100, 120)]
     assert len({r.id for r in results}) == 20
-    assert len({r.output[0] for r in results}) == 20  # every seed its own result
+    assert len({np.asarray(decode(r.output[0])).tobytes() for r in results}) == 20  # every seed its own result
 
 
 def test_base64_results_expire_after_the_retention_time(client, server):
