@@ -9,7 +9,11 @@ are the same, so what is asserted is ComfyUI's bookkeeping: which models it coun
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -110,6 +114,50 @@ def server(tmp_path_factory, tiny_models_dir):
     with comfy_harness.ComfyServer(tmp_path_factory.mktemp("comfy-memory"), models_dir=tiny_models_dir,
                                    custom_nodes=packs) as srv:
         yield srv
+
+
+HOST_UNIT = """
+import sys
+sys.path[:0] = [{scripts!r}, "."]
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.model_management as mm
+import torch
+import _pack
+_pack.import_pack()
+from comfyui_model_swap.nodes import comfy_memory
+from comfyui_model_swap.nodes.pipeline import placement
+
+comfy_memory.install()
+comfy_memory.install()
+assert isinstance(placement.current(), comfy_memory.ComfyHost)
+shared, unet_a, unet_b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(4, 4)
+placement.use("cpu", {{"text_encoder": shared, "unet": unet_a}})  # one engine
+placement.use("cpu", {{"text_encoder": shared, "unet": unet_b}})  # another sharing its text encoder
+loaded = comfy_memory.loaded_pack_modules()
+assert len(loaded) == 3 and sum(m is shared for m in loaded) == 1, loaded
+patcher = shared.__dict__[comfy_memory.PATCHER_ATTRIBUTE]
+assert patcher.model_size() == (8 * 8 + 8) * 4 and patcher.load_device == mm.get_torch_device()
+mm.unload_all_models()  # ComfyUI's "Unload models"
+assert comfy_memory.loaded_pack_modules() == []
+placement.use("cpu", {{"unet": unet_a}})
+assert comfy_memory.loaded_pack_modules() == [unet_a]
+placement.use("cpu", {{"text_encoder": shared}})
+assert shared.__dict__[comfy_memory.PATCHER_ATTRIBUTE] is patcher and len(mm.current_loaded_models) == 2
+print("host ok")
+"""
+
+
+def test_comfyui_host_keeps_one_patcher_per_module_and_counts_shared_modules_once():
+    """ComfyUI's own modules in a subprocess (its start-up flags are read at import)."""
+    comfy_harness.require_comfyui()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if importlib.util.find_spec("torchvision") is None:  # ComfyUI imports it; the harness's stub stands in
+        env["PYTHONPATH"] = str(comfy_harness.TORCHVISION_STUB)
+    scripts = str(comfy_harness.REPO_ROOT / "scripts")
+    done = subprocess.run([sys.executable, "-c", HOST_UNIT.format(scripts=scripts)], cwd=comfy_harness.comfyui_path(),
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and "host ok" in done.stdout, done.stderr[-3000:]
 
 
 def _core(nonce: int, report: str = "MemoryProbe_Report") -> dict:
