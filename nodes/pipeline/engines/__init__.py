@@ -23,9 +23,9 @@ import os
 
 from .base import Capabilities, Engine, IdentityCondition, InpaintRequest, StepCallback
 
-ENGINES = {  # name -> module (in this package, or a dotted name); the default first
-    "flux2_klein": "flux2_klein",
-    "sdxl": "sdxl",
+ENGINES = {  # name -> module (".name": in this package; else an importable module name); the default first
+    "flux2_klein": ".flux2_klein",
+    "sdxl": ".sdxl",
 }
 DEFAULT_ENGINE = "flux2_klein"  # the shipped default workflows' engine (Apache-2.0)
 ENGINES_VARIABLE = "MODELSWAP_ENGINES"
@@ -40,8 +40,7 @@ def engine_module(name: str):
         from ..errors import InputValidationError
 
         raise InputValidationError(f"Unknown engine {name!r}: use one of {', '.join(ENGINES)}.")
-    module = ENGINES[name]
-    return importlib.import_module(module if "." in module else f"{__name__}.{module}")
+    return importlib.import_module(ENGINES[name], __name__)
 
 
 def capabilities(name: str) -> Capabilities:
