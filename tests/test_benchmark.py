@@ -37,7 +37,9 @@ def test_parse_comparison_on_a_tiny_parser_writes_one_table_and_its_json(benchma
     assert doc["meta"]["machine"]["torch_threads"] == 1
 
     rows = {r["case"]: r for r in doc["rows"]}
-    assert list(rows) == ["fashn-human-parser predict", "pack parse"]
+    selfie = "selfie segmenter parse (tiny .tflite; refine at full size)"
+    assert list(rows) == ["fashn-human-parser predict", "pack parse", selfie]
+    assert rows[selfie]["baseline"] == "fashn-human-parser predict" and rows[selfie]["ratio"] > 0
     fashn, ours = rows["fashn-human-parser predict"], rows["pack parse"]
     for row in (fashn, ours):
         assert row["group"] == "parse" and row["runs"] == 2 and len(row["samples_s"]) == 2
