@@ -50,7 +50,7 @@ class PipelineLoader(io.ComfyNode):
         models = glue.list_subfolders("diffusers", "model_index.json") + glue.list_files("checkpoints")
         return io.Schema(
             node_id=f"{glue.PACK}_PipelineLoader",
-            display_name="Model Swap Pipeline Loader",
+            display_name="Model Swap SDXL Pipeline Loader",
             category=glue.CATEGORY,
             description="Loads the SDXL inpainting pipeline (diffusers folder or single-file SDXL checkpoint), "
                         "an optional ControlNet and the optional IP-Adapter FaceID for face references. Folders and "
@@ -90,7 +90,7 @@ class PipelineLoader(io.ComfyNode):
     def execute(cls, model, controlnet, faceid, faceid_lora, clip_vision, device, dtype, offload, licence_guard=None):
         check_licence(cls, dict(model=model, controlnet=controlnet, faceid=faceid, faceid_lora=faceid_lora,
                                 clip_vision=clip_vision), licence_guard)
-        glue.require_module("diffusers", "Model Swap Pipeline Loader", "diffusers>=0.32")
+        glue.require_module("diffusers", "Model Swap SDXL Pipeline Loader", "diffusers>=0.39,<0.43")
         from .pipeline.engines import sdxl
         from .pipeline.engines.faceid import FaceIDFiles
 
@@ -219,7 +219,7 @@ class KleinLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, text_encoder, vae, device, dtype, offload, licence_guard=None):
         check_licence(cls, dict(model=model, text_encoder=text_encoder, vae=vae), licence_guard)
-        glue.require_module("diffusers", "Model Swap FLUX.2 klein Loader", "diffusers>=0.38")
+        glue.require_module("diffusers", "Model Swap FLUX.2 klein Loader", "diffusers>=0.39,<0.43")
         from .pipeline.engines import flux2_klein
 
         if model.lower().endswith(SAFETENSORS_SUFFIXES):

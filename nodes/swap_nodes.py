@@ -139,7 +139,7 @@ class ModelSwapSampler(io.ComfyNode):
                         "Image i uses seed + i. An empty prompt draws a new identity from the seed. Face and hair are "
                         "regenerated fully, body skin at body_strength (shape and shading kept, tone changed).",
             inputs=[
-                GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
+                GeneratorType.Input("generator", tooltip="From a Model Swap engine loader (FLUX.2 klein, SDXL Pipeline or Engine Loader)."),
                 JobType.Input("job", tooltip="From IdentityEncode."),
                 io.String.Input("prompt", default="", multiline=True,
                                 tooltip="Who the new person is. Empty: automatic (apparent sex and age kept, skin "
@@ -205,7 +205,7 @@ class FaceRefine(io.ComfyNode):
             description="Re-inpaints each output's face at the engine's working size with the identity, colour-matched "
                         "to the neck and pasted without seams; then composites exactly onto the input.",
             inputs=[
-                GeneratorType.Input("generator", tooltip="From the Model Swap Pipeline Loader."),
+                GeneratorType.Input("generator", tooltip="From a Model Swap engine loader (FLUX.2 klein, SDXL Pipeline or Engine Loader)."),
                 JobType.Input("job", tooltip="From ModelSwapSampler."),
                 io.Combo.Input("face_reference_mode", options=list(c.MODES),
                                default="match_reference",
