@@ -15,7 +15,7 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from . import comfy_glue as glue
-from .loader_nodes import DEVICES, GeneratorType
+from .loader_nodes import DEVICES, GeneratorType, guard_input
 
 
 def _model_choices() -> list[str]:
@@ -61,16 +61,18 @@ class EngineLoader(io.ComfyNode):
                                tooltip="Compute precision: auto = the engine's choice on CUDA, fp32 on CPU."),
                 io.Combo.Input("offload", options=["none", "model"], default="none",
                                tooltip="'model' keeps only the running component on the GPU (slower)."),
+                guard_input(),
             ],
             outputs=[GeneratorType.Output("generator", tooltip="The loaded generation engine.")],
         )
 
     @classmethod
-    def execute(cls, engine, model, device, dtype, offload):
-        from .pipeline import engines
+    def execute(cls, engine, model, device, dtype, offload, licence_guard=None):
+        from .pipeline import engines, licence_guard as guard
         from .pipeline.errors import MissingModelError
 
         module = engines.engine_module(engine)
+        guard.check_engine(module.CAPABILITIES, graph_guard=licence_guard)
         for kind in module.MODEL_FOLDERS:
             path = glue.model_path(kind, model)
             if os.path.exists(path):

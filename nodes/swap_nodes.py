@@ -59,12 +59,7 @@ class GarmentMask(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, grow, feather):
-        return True  # naming them leaves their range check to execute(): the pack's own words, as the API's
-
-    @classmethod
     def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None):
-        widgets.check(f"{glue.PACK}_GarmentMask", grow=grow, feather=feather)
         from .pipeline import masks
         from .pipeline.compositing import upscale_alpha
         from .pipeline.pipeline import MaskSettings, output_hw, prepare
@@ -107,12 +102,7 @@ class IdentityEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, identity_scale):
-        return True  # range checked in execute(), in the pack's own words
-
-    @classmethod
     def execute(cls, job, face_analyzer, identity_scale, face_reference=None):
-        widgets.check(f"{glue.PACK}_IdentityEncode", identity_scale=identity_scale)
         from .pipeline.pipeline import encode
 
         refs = [None] if face_reference is None else glue.images_from_tensor(face_reference)
@@ -167,16 +157,8 @@ class ModelSwapSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, seed, num_images, steps, guidance_scale, strength, controlnet_scale,
-                        body_strength=c.BODY_STRENGTH.default):
-        return True  # ranges and steps checked in execute(), in the pack's own words
-
-    @classmethod
     def execute(cls, generator, job, prompt, seed, num_images, steps, guidance_scale, strength, negative_prompt,
                 controlnet_scale, control_image=None, body_strength=c.BODY_STRENGTH.default, person="auto"):
-        widgets.check(f"{glue.PACK}_Sampler", seed=seed, num_images=num_images, steps=steps,
-                      guidance_scale=guidance_scale, strength=strength, controlnet_scale=controlnet_scale,
-                      body_strength=body_strength)
         steps = generator.capabilities.settings(steps=steps).steps
         from .pipeline.pipeline import GenerateSettings, check_engine_fits, finish, generate
 
@@ -225,12 +207,14 @@ class FaceRefine(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength, steps, work_size, margin):
-        return True  # ranges and the work_size multiple checked in execute(), in the pack's own words
+    def validate_inputs(cls, work_size):
+        """ComfyUI checks widget min/max when a graph is queued but not the step; work_size must also be a
+        multiple of 16 (an API-format graph can carry any value). Refused here, at queue time, in the words
+        the runner and the Python checks use."""
+        return widgets.problems(f"{glue.PACK}_FaceRefine", work_size=work_size)
 
     @classmethod
     def execute(cls, generator, job, face_reference_mode, enabled, strength, steps, work_size, margin):
-        widgets.check(f"{glue.PACK}_FaceRefine", strength=strength, steps=steps, work_size=work_size, margin=margin)
         from .pipeline.face_refine import RefineSettings, refine
         from .pipeline.pipeline import finish
 

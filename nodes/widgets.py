@@ -1,10 +1,10 @@
 """Node widgets and their checks, derived from the parameter declarations in ``pipeline/contract.py``.
 
 A widget's default, bounds, step and tooltip come from its :class:`contract.Param`. ComfyUI checks widget
-min/max when a graph is queued but not the step, and an API-format graph can carry any value; so each
-node that declares parameters also names them in ``validate_inputs`` (which makes ComfyUI leave their
-range check to the node) and calls :func:`check` before any work, refusing with the same sentence the
-HTTP API and the headless runner give for the same value.
+min/max when a graph is queued (its own words: "Value 5 bigger than max of 4") but not the step, and an
+API-format graph can carry any value; a node whose parameter has a step rule (FaceRefine's work_size)
+names it in ``validate_inputs``, which refuses it at queue time with :func:`problems`, the sentence the
+headless runner and the Python checks give for the same value.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .pipeline import contract as c
-from .pipeline.errors import InputValidationError
 
 
 def number(param: c.Param, **extra):
@@ -24,8 +23,7 @@ def number(param: c.Param, **extra):
                           step=param.step or 0.01, tooltip=param.meaning, **extra)
 
 
-def check(node_id: str, **values) -> None:
-    """Refuse, before any work, a value of ``node_id``'s declared widgets that is out of range or off-step."""
-    problems = c.node_problems(node_id, values)
-    if problems:
-        raise InputValidationError(" ".join(problems))
+def problems(node_id: str, **values) -> bool | str:
+    """For a node's ``validate_inputs``: True, or the declaration's refusal of the values given."""
+    found = c.node_problems(node_id, values)
+    return " ".join(found) if found else True

@@ -80,6 +80,15 @@ def test_engines_registered_by_environment_variable(monkeypatch):
         engines.register_from_env({"MODELSWAP_ENGINES": "toy"})
 
 
+def test_the_licence_guard_refuses_an_engine_whose_licence_is_not_commercial(toy_registered):
+    from comfyui_model_swap.nodes.pipeline import licence_guard
+
+    licence_guard.check_engine(toy_registered, env={})  # guard off: anything loads
+    licence_guard.check_engine(engines.capabilities("flux2_klein"), env={"MODELSWAP_COMMERCIAL_ONLY": "1"})
+    with pytest.raises(licence_guard.NonCommercialModelError, match="Toy engine.*test weights, no licence.*flux2_klein"):
+        licence_guard.check_engine(toy_registered, graph_guard=True, env={})
+
+
 # ------------------------------------------------------------------ one declaration, one refusal
 
 def test_python_runner_and_protocol_refuse_a_value_with_the_declarations_words():
@@ -197,19 +206,21 @@ def test_the_http_api_serves_the_third_engine_with_its_mode_presets(toy_server):
     assert status == 400 and refused["message"] == "inputs." + contract.NUM_IMAGES.problem(5)
 
 
-def test_a_node_refuses_an_api_format_value_with_the_same_words(toy_server, tmp_path):
-    """ComfyUI checks widget min/max but not steps; the pack's nodes check both before any work, in the
-    declaration's words (the same the runner and the HTTP API use)."""
+def test_a_node_refuses_an_api_format_value_when_the_graph_is_queued(toy_server, tmp_path):
+    """ComfyUI checks widget min/max at queue time (its own words) but not the step: FaceRefine refuses an
+    off-step work_size there too, in the declaration's words (the runner's and the Python check's)."""
     (tmp_path / "photo.png").write_bytes(_photo_png())
     name = toy_server.upload_image(tmp_path / "photo.png")
-    for node_class, key, value, param in (("ModelSwap_FaceRefine", "work_size", 1000, contract.REFINE_WORK_SIZE),
-                                          ("ModelSwap_Sampler", "num_images", 5, contract.NUM_IMAGES)):
+    for node_class, key, value, words in (
+            ("ModelSwap_FaceRefine", "work_size", 1000, contract.REFINE_WORK_SIZE.problem(1000)),
+            ("ModelSwap_Sampler", "num_images", 5, "bigger than max of 4")):
         graph = json.loads((toy_server.toy_workflows / "toy_swap_api.json").read_text())
         for node in graph.values():
             if node["class_type"] == "LoadImage":
                 node["inputs"]["image"] = name
             if node["class_type"] == node_class:
                 node["inputs"][key] = value
-        with pytest.raises(comfy_harness.PromptExecutionError) as err:
-            toy_server.run(graph)
-        assert param.problem(value) in str(err.value)
+                node_id = next(k for k, n in graph.items() if n is node)
+        with pytest.raises(comfy_harness.PromptRejected) as err:
+            toy_server.queue_prompt(graph)
+        assert err.value.status == 400 and words in json.dumps(err.value.body["node_errors"][node_id])

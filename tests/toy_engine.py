@@ -23,7 +23,7 @@ from comfyui_model_swap.nodes.pipeline.engines.base import Capabilities, Inpaint
 
 CAPABILITIES = Capabilities(
     name="toy", reference_image=True, embedding_identity=False, controlnet=False, guidance=False,
-    work_size=96, side_multiple=16, display_name="Toy engine",
+    work_size=96, side_multiple=16, display_name="Toy engine", licence="test weights, no licence",
     presets={"fast": Preset(steps=2, refine_steps=1, refine_work_size=64),
              "balanced": Preset(steps=5, refine_steps=2, refine_work_size=80),
              "quality": Preset(steps=7, refine_steps=3, refine_work_size=96)})

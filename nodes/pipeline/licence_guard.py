@@ -69,3 +69,16 @@ def check(models: Iterable[tuple[str, str]], graph_guard: bool | None = None,
         if model_files.MODELS[key].non_commercial:
             raise NonCommercialModelError(refusal(key, name))
 
+
+
+def check_engine(caps, graph_guard: bool | None = None, env: Mapping[str, str] | None = None) -> None:
+    """The guard for an engine loaded from its main model (the Engine Loader): its capabilities declare
+    the licence of what it loads; an engine that declares none counts as non-commercial."""
+    if not enabled(graph_guard, env) or caps.commercial_use:
+        return
+    licence = f"published under {caps.licence}, which does not allow commercial use" if caps.licence else \
+        "declares no licence that allows commercial use"
+    raise NonCommercialModelError(
+        f"Licence guard: the {caps.label} engine ('{caps.name}') {licence}, and the licence guard is on "
+        f"({ENV_VAR}=1 or a Licence Guard node in the graph). Use the licence-clean alternative: the FLUX.2 klein "
+        "engine (flux2_klein, Apache-2.0).")

@@ -51,6 +51,8 @@ class Capabilities:
     side_multiple: int  # image sides handed to inpaint() must be multiples of this
     presets: Mapping[str, Preset]  # GENERATION_MODES -> the engine's settings
     display_name: str = ""  # for messages, e.g. "FLUX.2 klein 4B"
+    licence: str = ""  # the licence of the weights load_model() reads (the licence guard's facts)
+    commercial_use: bool = False  # whether that licence allows commercial use; undeclared: no
 
     @property
     def default_steps(self) -> int:

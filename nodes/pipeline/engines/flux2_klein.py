@@ -65,6 +65,8 @@ CAPABILITIES = Capabilities(
              "balanced": Preset(steps=4, refine_steps=4, refine_work_size=768),
              "quality": Preset(steps=4, refine_steps=4, refine_work_size=1024)},
     display_name="FLUX.2 klein 4B",
+    licence="Apache-2.0 (transformer, Qwen3-4B, FLUX.2 VAE)",
+    commercial_use=True,
 )
 
 # The shipped API-format workflows (in the pack's workflows/ folder) that the HTTP API fills for this engine:

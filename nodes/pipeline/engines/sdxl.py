@@ -36,6 +36,7 @@ from .base import Capabilities, InpaintRequest, Preset, StepCallback
 CAPABILITIES = Capabilities(
     name="sdxl", reference_image=False, embedding_identity=True, controlnet=True, guidance=True,
     work_size=1024, side_multiple=8, display_name="SDXL inpainting",
+    licence="CreativeML Open RAIL++-M (SDXL base and inpainting)", commercial_use=True,
     presets={"fast": Preset(steps=12, refine_steps=6, refine_work_size=512),
              "balanced": Preset(steps=20, refine_steps=10, refine_work_size=768),
              "quality": Preset(steps=30, refine_steps=12, refine_work_size=1024)})
