@@ -55,7 +55,7 @@ class PipelineLoader(io.ComfyNode):
             description="Loads the SDXL inpainting pipeline (diffusers folder or single-file SDXL checkpoint), "
                         "an optional ControlNet and the optional IP-Adapter FaceID for face references. Folders and "
                         ".bin files the frontend cannot download: python scripts/get_models.py --workflow "
-                        "workflows/model_swap_sdxl_face_reference_api.json (in the pack's folder).",
+                        "workflows/api/model_swap_sdxl_face_reference_api.json (in the pack's folder).",
             inputs=[
                 io.Combo.Input("model", options=glue.with_default(models, default), default=default,
                                tooltip="SDXL inpainting model: a folder in models/diffusers or an SDXL checkpoint "

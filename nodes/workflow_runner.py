@@ -2,7 +2,7 @@
 
 Comfy-free (standard library only), so it works from any Python:
 
-    python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/
+    python scripts/run_workflow.py workflows/api/model_swap_api.json --image photo.jpg --out results/
         [--face-reference face.jpg] [--seed 7] [--num-images 2] [--prompt "..."]
         [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI] [--models-dir DIR] [-- COMFYUI FLAGS]
 

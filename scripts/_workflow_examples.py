@@ -1,6 +1,11 @@
-"""The editor workflows' ``properties.models`` and ``example_workflows/`` (what ComfyUI's missing-models
-dialog and Templates browser read), kept in step with the shipped API workflows by
-scripts/export_ui_workflows.py (``--examples``)."""
+"""The editor workflows' ``properties.models`` and their Templates thumbnails (what ComfyUI's
+missing-models dialog and Templates browser read), kept in step with the shipped API workflows by
+scripts/export_ui_workflows.py (``--examples``).
+
+ComfyUI's Templates browser lists every ``*.json`` directly in a pack's ``workflows/`` (and
+``example_workflows/``) folder, with ``<name>.jpg`` as its thumbnail: so ``workflows/`` holds the editor
+workflows and their thumbnails, and the API-format twins live in ``workflows/api/``, where the browser
+does not look. Each workflow is listed once and opens in the editor."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
-EXAMPLES = ROOT / "example_workflows"
+API_DIR = WORKFLOWS / "api"
 THUMBNAIL = (512, 512)  # at most, aspect kept
 FRONTEND_SUFFIXES = (".safetensors", ".sft")  # what ComfyUI's missing-models dialog downloads
 
@@ -98,13 +103,13 @@ def repicture(png: Path, workflow: Mapping[str, Any]) -> None:
 
 
 def sync_examples(check: bool = False) -> list[Path]:
-    """Bring ``properties.models`` of ``workflows/<name>.json`` (and its picture) and
-    ``example_workflows/`` in step with the API files; returns the files out of step
-    (with ``check``, written otherwise)."""
+    """Bring ``properties.models`` of ``workflows/<name>.json`` (and its picture) and the thumbnails
+    ``workflows/<name>.jpg`` in step with the API files; returns the files out of step (with ``check``,
+    written otherwise)."""
     _import_pack()
     stale = []
     wanted: dict[Path, bytes] = {}
-    for api_path in sorted(WORKFLOWS.glob("*_api.json")):
+    for api_path in sorted(API_DIR.glob("*_api.json")):
         name = ui_name(api_path)
         ui_path, png = WORKFLOWS / f"{name}.json", WORKFLOWS / f"{name}.png"
         if not ui_path.is_file():
@@ -120,10 +125,9 @@ def sync_examples(check: bool = False) -> list[Path]:
             stale.append(png)
             if not check:
                 repicture(png, workflow)
-        wanted[EXAMPLES / f"{name}.json"] = text.encode()
         if png.is_file():
-            wanted[EXAMPLES / f"{name}.jpg"] = thumbnail_bytes(png)
-    present = set(EXAMPLES.glob("*")) if EXAMPLES.is_dir() else set()
+            wanted[WORKFLOWS / f"{name}.jpg"] = thumbnail_bytes(png)
+    present = set(WORKFLOWS.glob("*.jpg"))
     for path in sorted(present - set(wanted)):
         stale.append(path)
         if not check:

@@ -3,9 +3,9 @@
     python scripts/export_ui_workflows.py             # (re)write workflows/<name>.json
     python scripts/export_ui_workflows.py --pictures  # and workflows/<name>.png (for README)
     python scripts/export_ui_workflows.py --check     # write nothing; exit 1 if a file is out of date
-    python scripts/export_ui_workflows.py --examples  # no browser: properties.models and example_workflows/
+    python scripts/export_ui_workflows.py --examples  # no browser: properties.models and the thumbnails
 
-For every ``workflows/<name>_api.json`` this starts a real ComfyUI with this pack (its models
+For every ``workflows/api/<name>_api.json`` this starts a real ComfyUI with this pack (its models
 folder filled with the tiny test models, so every dropdown value exists), opens the graph
 editor in headless Chromium, loads the API graph with the frontend's own ``app.loadApiJson``
 (node ids and ``_meta`` titles carry over), lays the nodes out left to right (images and
@@ -23,9 +23,9 @@ the graph as the editor shows it, cropped to the nodes, with the UI workflow in 
 Every loader node gets ``properties.models``: ``{name, url, directory}`` of each single
 ``.safetensors``/``.sft`` file it names that the model registry publishes on the hub (the
 installer's function ``required_models`` says which), so ComfyUI's missing-models dialog offers
-the download. ``example_workflows/<name>.json`` (identical to ``workflows/<name>.json``) and
-``example_workflows/<name>.jpg`` (a thumbnail of the picture) are what ComfyUI's Templates browser
-lists; ``--examples`` rewrites them and the models property from the committed files alone.
+the download. ``workflows/<name>.json`` with ``workflows/<name>.jpg`` (a thumbnail of the picture) are
+what ComfyUI's Templates browser lists (the API twins sit in ``workflows/api/``, out of its sight);
+``--examples`` rewrites the thumbnails and the models property from the committed files alone.
 
 Nothing here talks to anything but 127.0.0.1 (tests/comfy_harness.py blocks the browser's
 other requests).
@@ -48,7 +48,7 @@ WORKFLOWS = ROOT / "workflows"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _workflow_examples import (EXAMPLES, _import_pack, embedded_workflow, models_property,  # noqa: E402,F401
+from _workflow_examples import (API_DIR, _import_pack, embedded_workflow, models_property,  # noqa: E402,F401
                                 repicture, sync_examples, thumbnail_bytes, ui_name, with_models, workflow_text)
 from _workflow_layout import VIEW, columns, fit_view, layout  # noqa: E402,F401
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="(re)write workflows/<name>.png: the graph, with the workflow embedded")
     parser.add_argument("--screenshots", type=Path, metavar="DIR", help="also save <DIR>/<name>.png of the window")
     parser.add_argument("--examples", action="store_true",
-                        help="no browser: only properties.models and example_workflows/ from the committed files")
+                        help="no browser: only properties.models and the thumbnails from the committed files")
     args = parser.parse_args(argv)
     if args.examples:
         stale = sync_examples(check=args.check)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     import tiny_models
     from PIL import Image
 
-    api_files = sorted(WORKFLOWS.glob("*_api.json"))
+    api_files = sorted(API_DIR.glob("*_api.json"))
     if not api_files:
         print(f"no *_api.json in {WORKFLOWS}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Download every model a workflow needs into ComfyUI's model folders.
 
-    python scripts/get_models.py                        # what workflows/model_swap_api.json needs
-    python scripts/get_models.py --workflow workflows/model_swap_face_reference_api.json
+    python scripts/get_models.py                        # what workflows/api/model_swap_api.json needs
+    python scripts/get_models.py --workflow workflows/api/model_swap_face_reference_api.json
     python scripts/get_models.py --engine sdxl          # an engine's default set (sdxl, flux2_klein)
     python scripts/get_models.py --model buffalo_l      # registry entries by key (repeatable)
     python scripts/get_models.py --list                 # name, size, licence, target; downloads nothing
@@ -45,7 +45,7 @@ from _fetch import (EXIT_FAILED, EXIT_LICENCE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_U
 from _pack import split_comfy_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WORKFLOW = ROOT / "workflows" / "model_swap_api.json"
+DEFAULT_WORKFLOW = ROOT / "workflows" / "api" / "model_swap_api.json"
 STAGING = ".model-swap-downloads"  # inside the first models folder: same disk, so finished files are renamed
 ENVIRONMENT = """environment:
   HF_TOKEN            a read token for gated repos (or `hf auth login`)
@@ -91,7 +91,7 @@ def wanted(args, wr, mf) -> list[Item]:
     workflows = args.workflow or ([] if items else [DEFAULT_WORKFLOW])
     for path in workflows:
         if not Path(path).is_file():
-            raise InstallError(f"--workflow {path}: no such file (the shipped ones are workflows/*_api.json)",
+            raise InstallError(f"--workflow {path}: no such file (the shipped ones are workflows/api/*_api.json)",
                                EXIT_USAGE)
         try:
             graph = wr.load_workflow(Path(path))
@@ -203,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT)
     ap.add_argument("--workflow", type=Path, action="append", default=[],
                     help="an API-format workflow whose models to get (repeatable; default "
-                         "workflows/model_swap_api.json when neither --engine nor --model is given)")
+                         "workflows/api/model_swap_api.json when neither --engine nor --model is given)")
     ap.add_argument("--engine", choices=("sdxl", "flux2_klein"), help="every model an engine's default set needs")
     ap.add_argument("--model", action="append", default=[], metavar="KEY", help="a registry entry by key (repeatable)")
     ap.add_argument("--list", action="store_true", help="print name, size, licence and target; download nothing")

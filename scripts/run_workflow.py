@@ -1,6 +1,6 @@
 """Run an exported Model Swap workflow headlessly on one image and write the results.
 
-    python scripts/run_workflow.py workflows/model_swap_api.json --image photo.jpg --out results/ \\
+    python scripts/run_workflow.py workflows/api/model_swap_api.json --image photo.jpg --out results/ \\
         [--face-reference face.jpg] [--seed 42] [--num-images 1] [--prompt TEXT] \\
         [--face-reference-mode match_reference|match_base] [--set NODE.INPUT=VALUE ...] \\
         [--server http://127.0.0.1:8188 | --comfyui PATH/TO/ComfyUI] [--models-dir DIR ...] \\
@@ -37,7 +37,7 @@ def _runner():
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/*_api.json or 'Export (API)')")
+    ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/api/*_api.json or 'Export (API)')")
     ap.add_argument("--image", type=Path, required=True, help="the model photo")
     ap.add_argument("--face-reference", type=Path, help="a photo of the face to give the model")
     ap.add_argument("--seed", type=int)

@@ -24,7 +24,7 @@ from PIL import Image
 import comfy_harness
 import tiny_models
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "model_swap_api.json"  # FLUX.2 klein
+WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "model_swap_api.json"  # FLUX.2 klein
 PACK_MODULES = {"Flux2Transformer2DModel", "AutoencoderKLFlux2", "Qwen3ForCausalLM",
                 "SegformerForSemanticSegmentation"}
 

@@ -1,7 +1,7 @@
 """The editor (UI-format) workflows in ComfyUI's real graph editor: drag and drop, compare, queue.
 
 Every ``workflows/<name>.json`` that is not ``_api`` is the editor twin of
-``workflows/<name>_api.json`` (written by ``scripts/export_ui_workflows.py``). One real
+``workflows/api/<name>_api.json`` (written by ``scripts/export_ui_workflows.py``). One real
 ComfyUI (tests/comfy_harness.py) with the tiny models under their default names and one
 headless Chromium serve the module. Each workflow is opened the way a user's drag and drop
 opens it (a ``drop`` event carrying the file) and must:
@@ -36,7 +36,7 @@ import tiny_models
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.stem.endswith("_api"))
-API_WORKFLOWS = sorted(WORKFLOWS.glob("*_api.json"))
+API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*_api.json"))
 PICTURES = sorted(WORKFLOWS.glob("*.png"))
 IN_CI = ch.IN_CI
 VIEWPORT = (1920, 1080)  # the window the workflows' saved view is fitted to
@@ -54,7 +54,7 @@ exporter = _load_exporter()
 
 
 def api_twin(ui_path: Path) -> Path:
-    return ui_path.with_name(f"{ui_path.stem}_api.json")
+    return ui_path.parent / "api" / f"{ui_path.stem}_api.json"
 
 
 def load_json(path: Path) -> dict:
@@ -232,17 +232,18 @@ def test_workflow_queued_from_the_editor_runs_and_saves_num_images(server, input
 
 # ------------------------------------------------------------------------------- models, templates, help pages
 
-EXAMPLES = ROOT / "example_workflows"
 HELP_PAGES = ROOT / "web" / "docs"
 CLIP_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"  # a published single file the tiny models lack
 
 
-def test_example_workflows_are_the_editor_workflows_with_thumbnails():
+def test_each_editor_workflow_has_its_thumbnail_and_its_api_twin_out_of_the_templates_folder():
     assert exporter.sync_examples(check=True) == [], "run scripts/export_ui_workflows.py --examples"
-    assert sorted(EXAMPLES.glob("*.json")) == [EXAMPLES / p.name for p in UI_WORKFLOWS]
+    assert not (ROOT / "example_workflows").exists()  # one Templates folder: no second listing
+    assert [p.name for p in WORKFLOWS.glob("*_api.json")] == []  # the API twins live in workflows/api/
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.jpg")) == [p.stem for p in UI_WORKFLOWS]
     for ui in UI_WORKFLOWS:
-        assert (EXAMPLES / ui.name).read_bytes() == ui.read_bytes()
-        with Image.open(EXAMPLES / f"{ui.stem}.jpg") as thumb:
+        assert api_twin(ui).is_file()
+        with Image.open(WORKFLOWS / f"{ui.stem}.jpg") as thumb:
             assert thumb.format == "JPEG" and max(thumb.size) <= 512
 
 
@@ -286,14 +287,14 @@ def test_every_pack_node_has_a_help_page_served_by_comfyui(server):
         assert status == 200 and body.decode() == text
 
 
-def test_comfyui_serves_the_example_workflows_as_templates(server):
+def test_comfyui_lists_each_workflow_once_as_a_template_and_serves_it(server):
     listed = server.get_json("/api/workflow_templates")[ch.PACK_DIR_NAME]
+    assert sorted(listed) == [ui.stem for ui in UI_WORKFLOWS]  # each once, no API twin
     for ui in UI_WORKFLOWS:
-        assert ui.stem in listed
         status, body = server.request("GET", f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{ui.name}")
         assert status == 200 and json.loads(body) == load_json(ui)
         status, body = server.request("GET", f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{ui.stem}.jpg")
-        assert status == 200 and body == (EXAMPLES / f"{ui.stem}.jpg").read_bytes()
+        assert status == 200 and body == (WORKFLOWS / f"{ui.stem}.jpg").read_bytes()
 
 
 def _missing_models_cases():
@@ -302,7 +303,7 @@ def _missing_models_cases():
     cases = [(p.stem, load_json(p)) for p in UI_WORKFLOWS
              if any(n.get("properties", {}).get("models") for n in load_json(p)["nodes"])]
     ui = load_json(WORKFLOWS / "model_swap_sdxl_face_reference.json")
-    api = load_json(WORKFLOWS / "model_swap_sdxl_face_reference_api.json")
+    api = load_json(WORKFLOWS / "api" / "model_swap_sdxl_face_reference_api.json")
     (loader,) = [n for n in ui["nodes"] if n["type"] == "ModelSwap_PipelineLoader"]
     inputs = api[str(loader["id"])]["inputs"]
     loader["widgets_values"][list(k for k, v in inputs.items() if not isinstance(v, list)).index("clip_vision")] = CLIP_H
@@ -338,7 +339,7 @@ def test_missing_models_dialog_lists_absent_files_with_their_download_links(page
             path.with_name(path.name + ".moved-aside").rename(path)
 
 
-def test_templates_browser_lists_the_example_workflows(page):
+def test_templates_browser_lists_each_workflow_once_and_opens_it(page):
     ch.close_dialogs(page)
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     dialog = page.locator(".p-dialog", has_text="Templates")
@@ -346,11 +347,21 @@ def test_templates_browser_lists_the_example_workflows(page):
     dialog.get_by_text(ch.PACK_DIR_NAME, exact=True).first.click()
     for ui in UI_WORKFLOWS:
         dialog.get_by_text(ui.stem, exact=True).first.wait_for(timeout=30_000)
+    assert dialog.get_by_text("_api", exact=False).count() == 0  # no API twin offered
     thumbs = page.evaluate(
         "() => [...document.querySelectorAll('.p-dialog img')].filter(i => i.complete && i.naturalWidth > 0)"
         ".map(i => i.src)")
-    assert any(src.endswith(f"/{ch.PACK_DIR_NAME}/{ui.stem}.jpg") for ui in UI_WORKFLOWS for src in thumbs), thumbs
+    # one loaded thumbnail per workflow (the frontend shows them from the .jpg files, directly or as blobs)
+    assert len(thumbs) >= len(UI_WORKFLOWS), thumbs
+    assert all(src.startswith("blob:") or src.endswith(".jpg") for src in thumbs), thumbs
     ch.screenshot(page, name="editor_templates")
+    default = WORKFLOWS / "model_swap.json"
+    dialog.get_by_text(default.stem, exact=True).first.click()  # open it from the browser
+    want = sorted(n["type"] for n in load_json(default)["nodes"])
+    page.wait_for_function(
+        "(n) => window.app.graph && window.app.graph._nodes.length === n", arg=len(want), timeout=30_000)
+    assert sorted(page.evaluate("() => window.app.graph._nodes.map(n => n.type)")) == want
+    assert ch.missing_node_types(page) == []
     ch.close_dialogs(page)
     log = ch.page_log(page)
     assert not log.page_errors, log.page_errors

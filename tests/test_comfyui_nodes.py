@@ -33,9 +33,9 @@ NODE_IDS = ("ModelSwap_PipelineLoader", "ModelSwap_KleinLoader", "ModelSwap_Huma
             "ModelSwap_InsightFaceLoader", "ModelSwap_OpenCVFaceLoader",
             "ModelSwap_GarmentMask", "ModelSwap_IdentityEncode", "ModelSwap_Sampler", "ModelSwap_FaceRefine",
             "ModelSwap_SaveImage")
-API_WORKFLOWS = sorted(WORKFLOWS.glob("*_api.json"))
+API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*_api.json"))
 DEFAULT_WORKFLOWS = ("model_swap_api.json", "model_swap_face_reference_api.json")  # FLUX.2 klein
-SDXL_FACE_REFERENCE = WORKFLOWS / "model_swap_sdxl_face_reference_api.json"
+SDXL_FACE_REFERENCE = WORKFLOWS / "api" / "model_swap_sdxl_face_reference_api.json"
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_klein_batch_of_four_on_a_real_photo_is_four_single_runs_at_seed_plus_i(
     real = {**inputs, "model": server.upload_image(tmp_path / "astronaut.png")}
 
     def run(seed, num_images):
-        graph = with_inputs(load_api(WORKFLOWS / "model_swap_face_reference_api.json"), real, seed=seed,
+        graph = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_face_reference_api.json"), real, seed=seed,
                             num_images=num_images, fast=True)
         files = server.output_images(server.run(graph, timeout=600))
         return [np.array(Image.open(f).convert("RGB")) for f in files], graph
@@ -213,7 +213,7 @@ def test_klein_batch_of_four_on_a_real_photo_is_four_single_runs_at_seed_plus_i(
 
 
 def test_four_images_come_back_from_one_run(server, inputs, models):
-    graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=7, num_images=4, fast=True)
+    graph = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_api.json"), inputs, seed=7, num_images=4, fast=True)
     files = server.output_images(server.run(graph, timeout=900))
     outs = [np.array(Image.open(f).convert("RGB")) for f in files]
     assert len(outs) == 4 and len({o.tobytes() for o in outs}) == 4
@@ -223,7 +223,7 @@ def test_four_images_come_back_from_one_run(server, inputs, models):
 
 
 def test_out_of_range_value_is_rejected_with_node_errors(server, inputs):
-    graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, num_images=5)
+    graph = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_api.json"), inputs, num_images=5)
     with pytest.raises(comfy_harness.PromptRejected) as e:
         server.queue_prompt(graph)
     body = e.value.body
@@ -233,7 +233,7 @@ def test_out_of_range_value_is_rejected_with_node_errors(server, inputs):
 
 
 def test_interrupt_stops_sampling_within_a_step_and_the_next_prompt_succeeds(server, inputs):
-    slow = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=11, fast=True)
+    slow = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_api.json"), inputs, seed=11, fast=True)
     node_of(slow, "ModelSwap_Sampler")["inputs"]["steps"] = 150
     with server.watch() as ws:
         prompt_id = server.queue_prompt(slow, ws.client_id)
@@ -244,14 +244,14 @@ def test_interrupt_stops_sampling_within_a_step_and_the_next_prompt_succeeds(ser
         assert end["type"] == "execution_interrupted"
         steps_seen = max(v for v, _, _ in ws.progress(prompt_id))
         assert steps_seen < 150
-    quick = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=12, fast=True)
+    quick = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_api.json"), inputs, seed=12, fast=True)
     assert len(server.output_images(server.run(quick, timeout=600))) == 1
 
 
 def test_a_missing_model_names_the_folder_and_file_and_the_queue_carries_on(server, inputs, models):
     parser_dir = models / "human_parsing" / "fashn-human-parser"
     hidden = models / "hidden-parser"
-    graph = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=14, fast=True)
+    graph = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_api.json"), inputs, seed=14, fast=True)
     node_of(graph, "ModelSwap_HumanParserLoader")["inputs"]["device"] = "cpu"  # new inputs: ComfyUI re-runs the loader
     parser_dir.rename(hidden)
     try:
@@ -262,7 +262,7 @@ def test_a_missing_model_names_the_folder_and_file_and_the_queue_carries_on(serv
     assert entry["status"]["status_str"] == "error"
     assert "models/human_parsing" in messages and "fashn-human-parser" in messages
     assert "huggingface.co/fashn-ai/fashn-human-parser" in messages
-    ok = with_inputs(load_api(WORKFLOWS / "model_swap_api.json"), inputs, seed=15, fast=True)
+    ok = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_api.json"), inputs, seed=15, fast=True)
     assert len(server.output_images(server.run(ok, timeout=600))) == 1
 
 
@@ -276,7 +276,7 @@ def test_pack_loads_without_insightface_and_names_the_node_that_needs_it(tmp_pat
         assert set(NODE_IDS) <= set(srv.object_info())
         Image.fromarray(inputs["photo"]).save(tmp_path / "m.png")
         uploaded = {"model": srv.upload_image(tmp_path / "m.png")}
-        graph = with_inputs(load_api(WORKFLOWS / "model_swap_sdxl_api.json"), uploaded, fast=True)
+        graph = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_sdxl_api.json"), uploaded, fast=True)
         entry = srv.wait(srv.queue_prompt(graph), timeout=300, check=False)
     messages = json.dumps(entry["status"]["messages"])
     assert "Model Swap InsightFace Loader" in messages and "pip install insightface" in messages

@@ -28,11 +28,11 @@ def test_commercial_only_installs_the_licence_clean_workflow_and_leaves_every_no
     models = tmp_path / "models"
     hub.gets.clear()
     # the SDXL face-reference workflow needs the parser, insightface and FaceID (non-commercial) and SDXL (not)
-    done = install(hub, "--workflow", WORKFLOWS / "model_swap_sdxl_face_reference_api.json",
-                   "--workflow", WORKFLOWS / "model_swap_commercial_face_reference_api.json",
+    done = install(hub, "--workflow", WORKFLOWS / "api" / "model_swap_sdxl_face_reference_api.json",
+                   "--workflow", WORKFLOWS / "api" / "model_swap_commercial_face_reference_api.json",
                    "--commercial-only", "--models-dir", models)
     assert done.returncode == 4, done.stderr
-    needs = wr.required_models(wr.load_workflow(WORKFLOWS / "model_swap_sdxl_face_reference_api.json"))
+    needs = wr.required_models(wr.load_workflow(WORKFLOWS / "api" / "model_swap_sdxl_face_reference_api.json"))
     refused = [(k, n) for k, n in needs if model_files.MODELS[k].non_commercial]
     assert {k for k, _ in refused} >= {"human_parser", "antelopev2", "faceid"}
     for key, name in refused:
@@ -42,7 +42,7 @@ def test_commercial_only_installs_the_licence_clean_workflow_and_leaves_every_no
     fetched = {path for _, path in hub.gets}
     assert "selfie_multiclass_256x256.tflite" in fetched and "antelopev2.zip" not in fetched
     assert not any(path.startswith(("model.safetensors", "ip-adapter")) for path in fetched)
-    commercial = wr.load_workflow(WORKFLOWS / "model_swap_commercial_face_reference_api.json")
+    commercial = wr.load_workflow(WORKFLOWS / "api" / "model_swap_commercial_face_reference_api.json")
     assert wr.missing_models(wr.required_models(commercial), [models]) == []  # the licence-clean pair is complete
     for rel in _files(models):
         spec = next(s for s in model_files.MODELS.values() if rel.startswith(f"{s.folder}/{s.name}"))

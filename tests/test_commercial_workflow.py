@@ -1,6 +1,6 @@
 """The licence-clean workflow in a real ComfyUI, with its Licence Guard on.
 
-workflows/model_swap_commercial_api.json is FLUX.2 klein + the MediaPipe selfie segmenter + OpenCV
+workflows/api/model_swap_commercial_api.json is FLUX.2 klein + the MediaPipe selfie segmenter + OpenCV
 YuNet/SFace, every loader connected to a Licence Guard node (commercial_only). It runs on the tiny
 models; swapping any one loader for a non-commercial one makes the run fail with the guard's
 documented message, before that model loads.
@@ -25,7 +25,7 @@ from comfyui_model_swap.nodes.pipeline.segment_selfie import SelfieSegmenter
 from comfyui_model_swap.nodes.segmenters import use_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMERCIAL = ROOT / "workflows" / "model_swap_commercial_api.json"
+COMMERCIAL = ROOT / "workflows" / "api" / "model_swap_commercial_api.json"
 
 
 @pytest.fixture(scope="module")

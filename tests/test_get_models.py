@@ -22,11 +22,11 @@ from comfyui_model_swap.nodes.pipeline import model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLER = ROOT / "scripts" / "get_models.py"
-DEFAULT = ROOT / "workflows" / "model_swap_api.json"
-WITH_REFERENCE = ROOT / "workflows" / "model_swap_face_reference_api.json"
-SDXL = ROOT / "workflows" / "model_swap_sdxl_api.json"  # a diffusers folder (fp16 variant) and a zip
-SDXL_WITH_REFERENCE = ROOT / "workflows" / "model_swap_sdxl_face_reference_api.json"
-API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
+DEFAULT = ROOT / "workflows" / "api" / "model_swap_api.json"
+WITH_REFERENCE = ROOT / "workflows" / "api" / "model_swap_face_reference_api.json"
+SDXL = ROOT / "workflows" / "api" / "model_swap_sdxl_api.json"  # a diffusers folder (fp16 variant) and a zip
+SDXL_WITH_REFERENCE = ROOT / "workflows" / "api" / "model_swap_sdxl_face_reference_api.json"
+API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*_api.json"))
 NOT_MODELS = {"device", "dtype", "offload"}
 
 

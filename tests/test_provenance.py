@@ -174,7 +174,7 @@ def test_bad_signing_settings_name_the_setting_and_the_fix(chain, tmp_path, monk
 
 # ---------------------------------------------------------------------------- the graph's record
 
-@pytest.mark.parametrize("workflow", sorted(WORKFLOWS.glob("*_api.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("workflow", sorted((WORKFLOWS / "api").glob("*_api.json")), ids=lambda p: p.stem)
 def test_the_record_of_a_shipped_workflow_names_its_engine_models_licences_and_seeds(workflow):
     graph = json.loads(workflow.read_text())
     save = next(k for k, n in graph.items() if n["class_type"] == provenance_graph.SAVE_NODE)
@@ -210,14 +210,14 @@ def test_the_api_mode_is_recognised_and_the_prompt_is_recorded_only_when_asked()
 
 
 def test_images_that_did_not_come_from_the_sampler_get_no_record():
-    graph = json.loads((WORKFLOWS / "model_swap_api.json").read_text())
+    graph = json.loads((WORKFLOWS / "api" / "model_swap_api.json").read_text())
     graph["20"] = {"class_type": "ModelSwap_SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
     assert provenance_graph.record_for(graph, "20") is None
     assert provenance.mark(b"any bytes", "png", None) == b"any bytes"
 
 
 def test_a_loader_with_an_engine_input_names_the_engine():
-    graph = json.loads((WORKFLOWS / "model_swap_api.json").read_text())
+    graph = json.loads((WORKFLOWS / "api" / "model_swap_api.json").read_text())
     loader = next(n for n in graph.values() if n["class_type"] == "ModelSwap_KleinLoader")
     loader.update(class_type="ModelSwap_EngineLoader", inputs={"engine": "sdxl", "model": "x.safetensors"})
     save = next(k for k, n in graph.items() if n["class_type"] == provenance_graph.SAVE_NODE)

@@ -78,7 +78,7 @@ def test_quick_start_from_a_fresh_clone_installs_the_models_and_runs_the_main_jo
         installed = subprocess.run([sys.executable, *install[1:]], cwd=clone, env=env, capture_output=True,
                                    text=True, timeout=600)
         assert installed.returncode == 0, installed.stderr
-        default = wr.load_workflow(clone / "workflows" / "model_swap_api.json")
+        default = wr.load_workflow(clone / "workflows" / "api" / "model_swap_api.json")
         assert wr.missing_models(wr.required_models(default), wr.model_folders(comfy)) == []
         assert sum(hub.gets.values()) > 0 and all(n == 1 for n in hub.gets.values())
 

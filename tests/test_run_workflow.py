@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import run_workflow  # noqa: E402
 
-PLAIN = ROOT / "workflows" / "model_swap_api.json"
-WITH_REFERENCE = ROOT / "workflows" / "model_swap_face_reference_api.json"
+PLAIN = ROOT / "workflows" / "api" / "model_swap_api.json"
+WITH_REFERENCE = ROOT / "workflows" / "api" / "model_swap_face_reference_api.json"
 
 
 @pytest.fixture(scope="module")

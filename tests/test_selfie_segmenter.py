@@ -186,7 +186,7 @@ def test_the_api_and_the_runner_choose_the_segmenter_with_one_word(tmp_path):
     from comfyui_model_swap.nodes.segmenters import use_segmenter
 
     root = model_files.Path(__file__).resolve().parents[1]
-    commercial = json.loads((root / "workflows" / "model_swap_commercial_api.json").read_text())
+    commercial = json.loads((root / "workflows" / "api" / "model_swap_commercial_api.json").read_text())
     swapped = use_segmenter(commercial, "fashn")
     (loader,) = [n for n in swapped.values() if n["class_type"] == "ModelSwap_HumanParserLoader"]
     assert loader["inputs"]["licence_guard"][0] in swapped and use_segmenter(commercial, "") is commercial

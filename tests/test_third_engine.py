@@ -100,7 +100,7 @@ def test_python_runner_and_protocol_refuse_a_value_with_the_declarations_words()
                      "(or 0 for the engine's own).")
     with pytest.raises(InputValidationError, match=re.escape(words)):
         face_refine.RefineSettings(work_size=1000).check()
-    graph = json.loads((ROOT / "workflows" / "model_swap_api.json").read_text())
+    graph = json.loads((ROOT / "workflows" / "api" / "model_swap_api.json").read_text())
     with pytest.raises(WorkflowError, match=re.escape(words)):
         apply_overrides(graph, Overrides(image=Path("x.png"), settings=["ModelSwap_FaceRefine.work_size=1000"]),
                         {"model": "x.png"})
@@ -144,7 +144,7 @@ def toy_server(tmp_path_factory, tiny_models_dir):
     workflows.mkdir()
     for name, shipped in (("toy_swap_api.json", "model_swap_api.json"),
                           ("toy_swap_face_reference_api.json", "model_swap_face_reference_api.json")):
-        (workflows / name).write_text(json.dumps(_toy_workflow(ROOT / "workflows" / shipped)))
+        (workflows / name).write_text(json.dumps(_toy_workflow(ROOT / "workflows" / "api" / shipped)))
     log = base / "toy.jsonl"
     env = {"MODELSWAP_ENGINES": "toy=toy_engine", "MODELSWAP_API_ENGINE": "toy", "TOY_ENGINE_LOG": str(log),
            "TOY_ENGINE_WORKFLOWS": str(workflows),

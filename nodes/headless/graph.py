@@ -36,7 +36,7 @@ def load_workflow(path: Path) -> dict:
     if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
         raise WorkflowError(
             f"{path} is not an API-format workflow (a map of node id -> {{class_type, inputs}}). In ComfyUI use "
-            "'Export (API)' or the *_api.json files in workflows/.")
+            "'Export (API)' or the *_api.json files in workflows/api/.")
     return graph
 
 
@@ -74,7 +74,7 @@ def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str])
         graph[nid]["inputs"]["image"] = uploaded[role]
     if "face_reference" in uploaded and "face_reference" not in roles.values():
         raise WorkflowError("--face-reference was given but this workflow has no face reference input: use "
-                            "workflows/model_swap_face_reference_api.json.")
+                            "workflows/api/model_swap_face_reference_api.json.")
     for node in graph.values():
         cls, inputs = node["class_type"], node["inputs"]
         if cls.endswith("_Sampler"):

@@ -71,7 +71,7 @@ CAPABILITIES = Capabilities(
 
 # The shipped API-format workflows (in the pack's workflows/ folder) that the HTTP API fills for this engine:
 # (without, with a face reference).
-API_WORKFLOWS = ("model_swap_api.json", "model_swap_face_reference_api.json")
+API_WORKFLOWS = ("api/model_swap_api.json", "api/model_swap_face_reference_api.json")
 # Where the Engine Loader finds the main model: the transformer file, or the diffusers folder.
 MODEL_FOLDERS = ("diffusion_models", "diffusers")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flux2_klein_4b"

@@ -41,7 +41,7 @@ CAPABILITIES = Capabilities(
              "balanced": Preset(steps=20, refine_steps=10, refine_work_size=768),
              "quality": Preset(steps=30, refine_steps=12, refine_work_size=1024)})
 # The shipped API-format workflows the HTTP API fills for this engine: (without, with a face reference).
-API_WORKFLOWS = ("model_swap_sdxl_api.json", "model_swap_sdxl_face_reference_api.json")
+API_WORKFLOWS = ("api/model_swap_sdxl_api.json", "api/model_swap_sdxl_face_reference_api.json")
 # Where the Engine Loader finds the main model: an SDXL checkpoint, or a diffusers folder.
 MODEL_FOLDERS = ("checkpoints", "diffusers")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sdxl"
