@@ -92,7 +92,7 @@ def test_cpu_suite_times_both_engines_against_the_bare_diffusers_call_in_one_tab
     assert meta["gen_photo"] == "64x64" and set(meta["engines"]) == {"sdxl", "flux2_klein"}
 
     rows = {(r["group"], r["case"]): r for r in doc["rows"]}
-    assert [g for g, _ in rows] == ["parse"] * 2 + ["engine"] * 6 + ["batch"] * 4 + ["modes"] * 6
+    assert [g for g, _ in rows] == ["parse"] * 3 + ["engine"] * 6 + ["batch"] * 4 + ["modes"] * 6
     for engine in ("sdxl", "flux2_klein"):
         bare = rows["engine", f"bare diffusers call ({engine})"]
         pack = rows["engine", f"pack generate ({engine})"]

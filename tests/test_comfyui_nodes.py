@@ -22,7 +22,7 @@ import provenance_check as pc
 import tiny_models
 from comfyui_model_swap.nodes import provenance_graph
 from same_picture import assert_same_picture
-from comfyui_model_swap.nodes.pipeline import model_files
+from comfyui_model_swap.nodes.pipeline import contract, model_files
 from comfyui_model_swap.nodes.pipeline.loading import load_parser
 from comfyui_model_swap.nodes.pipeline.pipeline import MaskSettings, prepare
 from comfyui_model_swap.nodes.workflow_runner import required_models
@@ -94,11 +94,16 @@ def with_inputs(graph: dict, inputs: dict, *, seed=None, num_images=None, prefix
 
 def preserved_region(models: Path, photo: np.ndarray, graph: dict) -> np.ndarray:
     """Where the output must equal the input, computed by the comfy-free pipeline with the
-    workflow's own GarmentMask settings."""
+    workflow's own segmenter and GarmentMask settings."""
     gm = node_of(graph, "ModelSwap_GarmentMask")["inputs"]
     from comfyui_model_swap.nodes.pipeline import masks
+    from comfyui_model_swap.nodes.pipeline.loading import load_selfie_segmenter
 
-    parser = load_parser(models / "human_parsing" / "fashn-human-parser", "cpu")
+    selfie = [n["inputs"] for n in graph.values() if n["class_type"] == "ModelSwap_SelfieSegmenterLoader"]
+    if selfie:
+        parser = load_selfie_segmenter(models / "mediapipe" / selfie[0]["model"], refine=selfie[0]["refine_edges"])
+    else:
+        parser = load_parser(models / "human_parsing" / "fashn-human-parser", "cpu")
     settings = MaskSettings(regenerate=masks.class_names(gm["regenerate"]), grow=gm["grow"], feather=gm["feather"])
     return prepare(parser, photo, settings).swap.preserve
 
@@ -334,17 +339,18 @@ def test_every_numeric_widget_refuses_values_past_its_limits_at_the_widget(serve
 def test_the_hardest_legal_widget_combination_runs(server, inputs):
     """Limits are defined once (contract.py) and inner code trusts them: FaceRefine's smallest strength with
     its most steps (100 / 0.1 = 1000 scheduler steps, SDXL's training range) and the sampler's extremes run
-    instead of failing late."""
+    instead of failing late. Where a widget's minimum is 0 ("the engine's own", e.g. 30 SDXL steps), the
+    smallest explicit value is the declared bound."""
     info = server.object_info()
     g = with_inputs(load_api(SDXL_FACE_REFERENCE), inputs, seed=info[
         "ModelSwap_Sampler"]["input"]["required"]["seed"][1]["max"], num_images=1)
     refine = dict(_numeric_widgets(info, "ModelSwap_FaceRefine"))
     sampler = dict(_numeric_widgets(info, "ModelSwap_Sampler"))
     node_of(g, "ModelSwap_FaceRefine")["inputs"].update(
-        strength=refine["strength"]["min"], steps=refine["steps"]["max"], work_size=refine["work_size"]["min"],
-        margin=refine["margin"]["max"])
+        strength=refine["strength"]["min"], steps=refine["steps"]["max"],
+        work_size=refine["work_size"]["min"] or contract.REFINE_WORK_SIZE.bounds[0], margin=refine["margin"]["max"])
     node_of(g, "ModelSwap_Sampler")["inputs"].update(
-        steps=sampler["steps"]["min"], strength=sampler["strength"]["min"],
+        steps=sampler["steps"]["min"] or contract.STEPS.bounds[0], strength=sampler["strength"]["min"],
         guidance_scale=sampler["guidance_scale"]["max"], body_strength=sampler["body_strength"]["min"])
     node_of(g, "ModelSwap_IdentityEncode")["inputs"]["identity_scale"] = info[
         "ModelSwap_IdentityEncode"]["input"]["required"]["identity_scale"][1]["max"]
