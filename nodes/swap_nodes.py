@@ -18,7 +18,6 @@ from .pipeline import contract as c
 
 JobType = io.Custom("MODELSWAP_JOB")
 DEFAULT_CLASSES = "face, hair, torso, arms, hands, legs, feet"
-OUTPUT_SIZES = {"1k": "processing", "2k": "2k", "4k": "4k", "native": "native"}
 
 
 class GarmentMask(io.ComfyNode):
@@ -42,7 +41,7 @@ class GarmentMask(io.ComfyNode):
                                         "jewelry. Remove 'hair' to keep the hair."),
                 widgets.number(c.GROW),
                 widgets.number(c.FEATHER),
-                io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="1k",
+                io.Combo.Input("output_size", options=list(c.OUTPUT_SIZE_NAMES), default="1k",
                                tooltip="1k: process and return at most 1.05 MP like FASHN's API. 2k / 4k: return at "
                                        "the input's size with its long side capped at 2048 / 4096 px. native: "
                                        "return at the input's size. Outside the regenerated area the input's own "
@@ -67,7 +66,7 @@ class GarmentMask(io.ComfyNode):
         images = glue.images_from_tensor(image)
         ext = [None] * len(images) if mask is None else glue.masks_from_tensor(mask, len(images))
         settings = MaskSettings(regenerate=masks.class_names(regenerate), grow=grow, feather=feather,
-                                output_size=OUTPUT_SIZES[output_size])
+                                output_size=c.OUTPUT_SIZE_NAMES[output_size])
         jobs = [prepare(parser, img, settings, external_mask=m) for img, m in zip(images, ext)]
         out_masks, previews = [], []
         for job in jobs:

@@ -193,18 +193,18 @@ def test_no_labels_and_no_external_mask_is_a_clear_error():
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"grow": 257}, "grow"),
-        ({"grow": -257}, "grow"),
-        ({"grow": 2.5}, "grow"),
-        ({"feather": -1}, "feather"),
-        ({"feather": 257}, "feather"),
-        ({"feather": "8"}, "feather"),
+        ({"grow": 65}, "grow=65 is out of range: give an integer from -64 to 64"),
+        ({"grow": -65}, "grow=-65"),
+        ({"grow": 2.5}, "grow=2.5 is not an integer"),
+        ({"feather": -1}, "feather=-1"),
+        ({"feather": 65}, "feather=65 is out of range: give an integer from 0 to 64"),
+        ({"feather": "8"}, "feather='8'"),
     ],
 )
 def test_out_of_range_grow_and_feather_are_rejected_with_the_allowed_range(kwargs, words):
     with pytest.raises(InputValidationError) as e:
         masks.build_swap_mask(_person_labels(), **kwargs)
-    assert words in str(e.value) and "256" in str(e.value)
+    assert words in str(e.value) and "64" in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -241,15 +241,15 @@ def test_swap_mask_is_bit_identical_across_calls_including_a_fresh_process():
     assert fresh == a.alpha.tobytes()
 
 
-def test_large_grow_and_feather_on_a_megapixel_mask_are_exact_at_the_edge():
+def test_the_largest_grow_and_feather_on_a_megapixel_mask_are_exact_at_the_edge():
     labels = np.zeros((1024, 1024), np.uint8)
     labels[400:600, 400:600] = LABEL_IDS["torso"]
-    swap = masks.build_swap_mask(labels, grow=128, feather=256)
+    swap = masks.build_swap_mask(labels, grow=64, feather=64)  # contract.GROW / FEATHER maxima
     row = swap.hard[500]
-    assert row.sum() == 200 + 2 * 128 and row[400 - 128] and not row[400 - 129]
-    assert swap.alpha[500, 400 - 128 - 256] == 0 and swap.alpha[500, 400 - 128 - 255] > 0
-    shrunk = masks.build_swap_mask(labels, grow=-99, feather=0)
-    assert shrunk.hard.sum() == 2 * 2 and shrunk.hard[499:501, 499:501].all()
+    assert row.sum() == 200 + 2 * 64 and row[400 - 64] and not row[400 - 65]
+    assert swap.alpha[500, 400 - 64 - 64] == 0 and swap.alpha[500, 400 - 64 - 63] > 0
+    shrunk = masks.build_swap_mask(labels, grow=-64, feather=0)
+    assert shrunk.hard.sum() == 72 * 72 and shrunk.hard[464:536, 464:536].all()
 
 
 def test_preview_paints_each_class_with_its_own_palette_colour():

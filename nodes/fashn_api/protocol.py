@@ -12,14 +12,13 @@ import math
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-from ..pipeline.contract import MODES, NUM_IMAGES, SEED
+from ..pipeline.contract import MODES, NUM_IMAGES, RESOLUTIONS, SEED
 from ..pipeline.engines.base import GENERATION_MODES
 
 MODEL_NAME = "model-swap"
 STATUSES = ("starting", "in_queue", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
 FORMATS = ("png", "jpeg")
-RESOLUTIONS = ("1k", "2k", "4k")
 MAX_PROMPT_CHARS = 2000
 MAX_URL_CHARS = 4096
 

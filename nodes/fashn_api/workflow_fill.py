@@ -12,8 +12,6 @@ from .protocol import RunRequest
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 
 
-# resolution -> GarmentMask.output_size ("1k": <= 1.05 MP; "2k"/"4k": input size, long side capped).
-RESOLUTIONS = {"1k": "1k", "2k": "2k", "4k": "4k"}
 
 
 def workflow_files(engine: str) -> tuple[Path, Path]:
@@ -33,7 +31,7 @@ def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engi
     values = {
         "ModelSwap_Sampler": {"steps": preset.steps},
         "ModelSwap_FaceRefine": {"steps": preset.refine_steps, "work_size": preset.refine_work_size},
-        "ModelSwap_GarmentMask": {"output_size": RESOLUTIONS[request.resolution]},
+        "ModelSwap_GarmentMask": {"output_size": request.resolution},  # the same spelling (contract.py)
     }
     overrides = Overrides(image=Path(images["model"]), seed=request.seed, num_images=request.num_images,
                           prompt=request.prompt, face_reference_mode=request.face_reference_mode,

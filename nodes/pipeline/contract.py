@@ -137,6 +137,10 @@ def node_problems(node: str, values: dict) -> list[str]:
 # long side capped (FASHN's resolution setting).
 OUTPUT_SIZES = ("processing", "native", "2k", "4k")
 LONG_SIDE_CAPS = {"2k": 2048, "4k": 4096}
+# The one user-facing spelling (GarmentMask's output_size widget; the API's resolution is its first three)
+# -> the pipeline's OUTPUT_SIZES.
+OUTPUT_SIZE_NAMES = {"1k": "processing", "2k": "2k", "4k": "4k", "native": "native"}
+RESOLUTIONS = ("1k", "2k", "4k")  # FASHN's resolution values: the API's, GarmentMask's output_size too
 
 # Single-file weights the loaders accept (.sft is the short safetensors suffix some hubs use).
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")

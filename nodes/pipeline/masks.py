@@ -16,6 +16,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from . import contract
 from .errors import InputValidationError
 from .images import as_mask, as_rgb_uint8
 from .parsing import LABEL_IDS, LABELS
@@ -24,8 +25,6 @@ DEFAULT_REGENERATE: tuple[str, ...] = ("face", "hair", "torso", "arms", "hands",
 PRESERVED_CLASSES: tuple[str, ...] = (
     "top", "dress", "skirt", "pants", "belt", "bag", "hat", "scarf", "glasses", "jewelry",
 )  # and "background", always
-MAX_GROW = 256
-MAX_FEATHER = 256
 
 # One distinct colour per class (index = class id) for the preview output.
 PALETTE = np.array(
@@ -128,16 +127,6 @@ class SwapMask:
         return self.alpha == 0
 
 
-def _int_in_range(value, name: str, lo: int, hi: int, hint: str) -> int:
-    try:
-        as_int = int(value)
-    except (TypeError, ValueError):
-        as_int = None
-    if as_int is None or as_int != value or not lo <= as_int <= hi:
-        raise InputValidationError(f"{name} is {value!r}; give a whole number of pixels from {lo} to {hi} ({hint}).")
-    return as_int
-
-
 def _squared_distance_to(region: np.ndarray, limit: int) -> np.ndarray:
     """Exact squared Euclidean distance (pixels, int32) from each pixel to the nearest
     ``region`` pixel, capped at ``limit**2``: 0 inside, ``limit**2`` at ``limit`` px or
@@ -225,8 +214,8 @@ def build_swap_mask(
     ``feather`` is the width of the soft band outside it. ``image_shape`` (H, W),
     when given, is checked against the label map or external mask.
     """
-    grow = _int_in_range(grow, "grow", -MAX_GROW, MAX_GROW, "negative shrinks the mask, positive enlarges it")
-    feather = _int_in_range(feather, "feather", 0, MAX_FEATHER, "0 gives a hard edge")
+    contract.check(contract.GROW, grow)  # the one declaration of their bounds (widgets, API, runner)
+    contract.check(contract.FEATHER, feather)
     arr = None if labels is None else _check_labels(labels)
     shape = tuple(image_shape[:2]) if image_shape is not None else None
     if arr is not None:
