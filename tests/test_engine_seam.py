@@ -103,3 +103,30 @@ def test_capabilities_decide_what_an_engine_is_asked_for():
         stages.generate(with_control, encoded)
     stages.generate(with_control, encoded, control_image=control)
     assert with_control.requests[0].control_image.shape == (128, 128, 3)
+
+
+def test_every_engine_names_its_default_model_as_the_registry_does():
+    from comfyui_model_swap.nodes.pipeline import model_files
+
+    assert engines.engine_module("flux2_klein").DEFAULT_MODEL == model_files.MODELS["flux2_klein_transformer"].name
+    assert engines.engine_module("sdxl").DEFAULT_MODEL == model_files.MODELS["sdxl_inpaint"].name
+
+
+def test_load_swap_builds_the_default_engine_and_a_third_one_from_their_main_models(tiny_models_dir, tmp_path,
+                                                                                    monkeypatch):
+    import toy_engine
+    from comfyui_model_swap.nodes.pipeline.loading import load_swap
+
+    klein = load_swap([tiny_models_dir], device="cpu")
+    assert klein.engine.capabilities.name == "flux2_klein" and klein.parser is not None and klein.analyzer
+    result = klein.run(tiny_models.astronaut(128), stages.SwapOptions(refine_faces=False))
+    assert result.images[0].shape == (128, 128, 3)
+    monkeypatch.setitem(engines.ENGINES, "toy", "toy_engine")
+    toy_engine.write_model(tmp_path / "diffusion_models" / "toy.safetensors")
+    toy = load_swap([tmp_path, tiny_models_dir], "toy", model="toy.safetensors", faces=None, device="cpu")
+    assert toy.engine.capabilities.name == "toy" and toy.analyzer is None
+    with pytest.raises(Exception, match="names no default model"):
+        load_swap([tmp_path], "toy", device="cpu")
+    monkeypatch.setenv("MODELSWAP_COMMERCIAL_ONLY", "1")
+    with pytest.raises(Exception, match="Licence guard"):
+        load_swap([tmp_path, tiny_models_dir], "toy", model="toy.safetensors", faces=None, device="cpu")

@@ -31,8 +31,8 @@ class RunRequest:
     prompt: str = ""
     face_reference: str | None = None
     face_reference_mode: str = "match_reference"
-    seed: int = 42
-    num_images: int = 1
+    seed: int = SEED.default
+    num_images: int = NUM_IMAGES.default
     output_format: str = "png"
     return_base64: bool = False
     generation_mode: str = "balanced"

@@ -1,7 +1,9 @@
 """Assemble a ModelSwapPipeline from ComfyUI-style models folders, loading each model once.
 
-``load_pipeline`` finds every model under ``<models_dir>/<folder>/<name>`` (the
-layout in README's models table), loads it on one device, and caches the
+``load_swap`` builds any registered engine from its main model (the Engine Loader's path) with a parser
+and a face analyser; ``load_pipeline`` assembles SDXL with its adapters (FaceID, ControlNet) and
+insightface. Both find every model under ``<models_dir>/<folder>/<name>`` (the
+layout in README's models table), load it on one device, and cache the
 loaded objects per process, so a second call with the same choices costs nothing.
 What is missing is found by the one check of installed models that the headless runner
 and the installer use too (``nodes/model_folders.missing_models``, given :func:`requirements`).
@@ -142,3 +144,56 @@ def load_pipeline(models_dirs: Iterable[str | Path], choice: ModelChoice = Model
         root = paths[model_files.insightface_key(choice.insightface)].parents[1]
         analyzer = load_face_analyzer(root, choice.insightface, dev, det_size)
     return ModelSwapPipeline(engine, parser=parser, analyzer=analyzer)
+
+
+def load_swap(models_dirs: Iterable[str | Path], engine: str | None = None, *, model: str | None = None,
+              parser: str | None = model_files.MODELS["human_parser"].name, faces: str | None = "opencv",
+              device="auto", dtype=None, offload: str = "none", det_size: int = 640) -> ModelSwapPipeline:
+    """A pipeline on any registered engine (default: the pack's default, FLUX.2 klein), built from its main
+    ``model`` (default: the engine's ``DEFAULT_MODEL``) as the Engine Loader builds it; ``parser`` names
+    FASHN's parser folder or the selfie segmenter's .tflite; ``faces`` is "opencv" (YuNet + SFace in
+    models/facedetection), an insightface pack name, or None. Settings left at 0 are the engine's presets.
+    With MODELSWAP_COMMERCIAL_ONLY=1 a non-commercial engine or parser is refused before anything loads."""
+    from . import engines, licence_guard
+    from .engines import common
+
+    name = engine or engines.DEFAULT_ENGINE
+    module = engines.engine_module(name)
+    licence_guard.check_engine(module.CAPABILITIES)
+    if parser:
+        licence_guard.check([(model_files.parser_key(parser), parser)])
+    roots = [Path(r) for r in models_dirs]
+
+    def locate(folder: str, filename: str) -> Path:
+        found = next((r / folder / filename for r in roots if (r / folder / filename).exists()), None)
+        if found is None:
+            raise MissingModelError(
+                f"{filename} is not in models/{folder} under " + ", ".join(str(r) for r in roots)
+                + ": put it there (python scripts/get_models.py lists what goes where).",
+                folder=f"models/{folder}", filename=filename)
+        return found
+
+    main = model or getattr(module, "DEFAULT_MODEL", None)
+    if not main:
+        raise MissingModelError(f"The {name} engine names no default model: pass model=<file or folder name>.")
+    path = next((r / folder / main for folder in module.MODEL_FOLDERS for r in roots if (r / folder / main).exists()),
+                None)
+    if path is None:
+        locate(module.MODEL_FOLDERS[0], main)  # raises, naming the folder
+    dev = common.resolve_device(device)
+    generator = module.load_model(path, locate, device=dev, dtype=dtype, offload=offload)
+    segmenter = None
+    if parser and model_files.parser_key(parser) == "selfie_segmenter":
+        segmenter = load_selfie_segmenter(locate("mediapipe", parser))
+    elif parser:
+        segmenter = load_parser(locate("human_parsing", parser), dev)
+    analyzer = None
+    if faces == "opencv":
+        from .face_opencv import OpenCVFaceAnalyzer
+
+        analyzer = _cached(("opencv", str(locate("facedetection", "").resolve()), det_size),
+                           lambda: OpenCVFaceAnalyzer.load(locate("facedetection", ""), det_size=det_size),
+                           locate("facedetection", ""))
+    elif faces:
+        analyzer = load_face_analyzer(locate("insightface", f"models/{faces}").parents[1], faces, dev, det_size)
+    return ModelSwapPipeline(generator, parser=segmenter, analyzer=analyzer)
