@@ -17,9 +17,6 @@ from .pipeline.provenance import COMPOSITE, ModelUse, Record
 from .workflow_runner import required_models
 
 SAVE_NODE = "ModelSwap_SaveImage"
-# The engine-specific loaders whose MODELSWAP_GENERATOR output a sampler takes, and the engine each loads
-# (a loader with an ``engine`` input, such as the Engine Loader, names it there).
-GENERATOR_LOADERS = {"ModelSwap_KleinLoader": "flux2_klein", "ModelSwap_PipelineLoader": "sdxl"}
 
 
 @dataclass(frozen=True)
@@ -64,11 +61,6 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _engine(loader: dict) -> str | None:
-    chosen = loader.get("inputs", {}).get("engine")
-    return chosen if isinstance(chosen, str) else GENERATOR_LOADERS.get(loader.get("class_type"))
-
-
 def _capabilities(engine: str | None):
     return engines.capabilities(engine) if engine in engines.ENGINES else None
 
@@ -106,7 +98,7 @@ def record_for(graph: dict, node_id: str, *, record_prompt: bool = False) -> Gra
     sampler_id, sampler = found
     inputs = sampler.get("inputs", {})
     loader = next((nodes.get(src) for _, src in _links(sampler, ("generator",))), None) or {}
-    engine = _engine(loader)
+    engine = engines.engine_of_loader(loader)
     refine = _one(nodes, "ModelSwap_FaceRefine")
     refine_inputs = refine[1].get("inputs", {}) if refine else {}
     refined = refine is not None and refine_inputs.get("enabled", True) is not False

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-images", type=int)
     ap.add_argument("--prompt")
     ap.add_argument("--face-reference-mode", choices=("match_reference", "match_base"))
+    ap.add_argument("--mode", choices=("fast", "balanced", "quality"),
+                    help="a generation mode: the workflow's engine's own steps, face-refine steps and work size "
+                         "for it (as the HTTP API's generation_mode); --set wins over it")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                     help="set any widget, e.g. ModelSwap_FaceRefine.strength=0.5 (repeatable)")
     ap.add_argument("--segmenter", choices=("fashn", "selfie"),
@@ -78,9 +81,15 @@ def main(argv=None) -> int:
     if args.comfyui and not (args.comfyui / "main.py").is_file():
         print(f"error: --comfyui {args.comfyui} is not a ComfyUI folder (no main.py)", file=sys.stderr)
         return wr.EXIT_USAGE
+    overrides = wr.Overrides(image=args.image, face_reference=args.face_reference, seed=args.seed,
+                             num_images=args.num_images, prompt=args.prompt,
+                             face_reference_mode=args.face_reference_mode, settings=args.set, mode=args.mode)
     try:
         graph = wr.load_workflow(args.workflow)
         graph = importlib.import_module("comfyui_model_swap.nodes.segmenters").use_segmenter(graph, args.segmenter)
+        uploads = {"model": args.image.name, **({"face_reference": args.face_reference.name}
+                                                 if args.face_reference else {})}
+        wr.apply_overrides(graph, overrides, uploads)  # every value checked before anything starts
     except (wr.WorkflowError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return wr.EXIT_USAGE
@@ -95,9 +104,6 @@ def main(argv=None) -> int:
                 for line in missing:
                     print(f"  - {line}", file=sys.stderr)
                 return wr.EXIT_MISSING_MODELS
-        overrides = wr.Overrides(image=args.image, face_reference=args.face_reference, seed=args.seed,
-                                 num_images=args.num_images, prompt=args.prompt,
-                                 face_reference_mode=args.face_reference_mode, settings=args.set)
         if args.server:
             result = wr.run(wr.ComfyClient(args.server), graph, overrides, args.out, args.timeout)
         else:

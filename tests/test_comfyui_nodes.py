@@ -20,7 +20,6 @@ from PIL import Image
 import comfy_harness
 import provenance_check as pc
 import tiny_models
-from comfyui_model_swap.nodes import provenance_graph
 from same_picture import assert_same_picture
 from comfyui_model_swap.nodes.pipeline import contract, model_files
 from comfyui_model_swap.nodes.pipeline.loading import load_parser
@@ -137,14 +136,17 @@ def test_widget_defaults_are_the_apis_defaults(server):
     assert refine["face_reference_mode"][1]["default"] == "match_reference"
 
 
-def test_every_generator_loader_is_known_to_the_provenance_record(server):
-    """The record names the engine from the loader feeding the sampler: its ``engine`` input, else the
-    list of engine-specific loaders, which a new one must join."""
+def test_every_generator_loader_is_known_to_the_engine_registry(server):
+    """The provenance record and the runner's --mode name the engine from the loader feeding the sampler:
+    its ``engine`` input (the Engine Loader), else the engine module naming it as its LOADER_NODE."""
+    from comfyui_model_swap.nodes.pipeline import engines
+
     info = server.object_info()
     generators = {n for n, spec in info.items() if "MODELSWAP_GENERATOR" in spec.get("output", [])}
-    unnamed = {n for n in generators if "engine" not in info[n]["input"].get("required", {})}
-    assert set(provenance_graph.GENERATOR_LOADERS) <= generators
-    assert unnamed <= set(provenance_graph.GENERATOR_LOADERS)
+    for node in generators:
+        if "engine" in info[node]["input"].get("required", {}):
+            continue
+        assert engines.engine_of_loader({"class_type": node, "inputs": {}}) in engines.ENGINES, node
 
 
 def test_dropdowns_list_the_installed_models(server):

@@ -224,3 +224,26 @@ def test_a_node_refuses_an_api_format_value_when_the_graph_is_queued(toy_server,
         with pytest.raises(comfy_harness.PromptRejected) as err:
             toy_server.queue_prompt(graph)
         assert err.value.status == 400 and words in json.dumps(err.value.body["node_errors"][node_id])
+
+
+def test_the_runner_applies_the_engines_mode_presets_and_refuses_bad_values_before_starting(tmp_path):
+    from comfyui_model_swap.nodes.headless.graph import engine_of
+
+    graph = json.loads((ROOT / "workflows" / "api" / "model_swap_sdxl_api.json").read_text())
+    assert engine_of(graph) == "sdxl"
+    fast = engines.capabilities("sdxl").presets["fast"]
+    job = apply_overrides(graph, Overrides(image=Path("x.png"), mode="fast",
+                                           settings=["ModelSwap_FaceRefine.steps=3"]), {"model": "x.png"})
+    nodes = {n["class_type"]: n["inputs"] for n in job.values()}
+    assert nodes["ModelSwap_Sampler"]["steps"] == fast.steps and nodes["ModelSwap_FaceRefine"]["steps"] == 3
+    assert nodes["ModelSwap_FaceRefine"]["work_size"] == fast.refine_work_size
+    import subprocess
+    import sys
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(tiny_models.astronaut(64)).save(photo)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_workflow.py"),
+                          str(ROOT / "workflows" / "api" / "model_swap_api.json"), "--image", str(photo),
+                          "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9", "--set",
+                          "ModelSwap_FaceRefine.work_size=1000"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and contract.REFINE_WORK_SIZE.problem(1000) in run.stderr

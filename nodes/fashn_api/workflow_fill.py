@@ -12,8 +12,6 @@ from .protocol import RunRequest
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 
 
-
-
 def workflow_files(engine: str) -> tuple[Path, Path]:
     """(workflow without, with a face reference) that requests on ``engine`` fill: the engine module's
     ``API_WORKFLOWS`` (names in the pack's workflows/ folder, or absolute paths)."""
@@ -24,18 +22,14 @@ def workflow_files(engine: str) -> tuple[Path, Path]:
 def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engine: str = engines.DEFAULT_ENGINE,
          segmenter: str = "") -> dict:
     """The API graph for ``request`` on ``engine``'s shipped workflow; ``images`` maps 'model' (and
-    'face_reference') to LoadImage names. The generation mode's numbers are the engine's own presets."""
+    'face_reference') to LoadImage names. The generation mode's numbers are the engine's own presets,
+    applied by the graph filling the runner uses too (``run_workflow.py --mode``)."""
     plain, with_reference = workflow_files(engine)
     path = with_reference if request.face_reference is not None else plain
-    preset = engines.capabilities(engine).settings(request.generation_mode)
-    values = {
-        "ModelSwap_Sampler": {"steps": preset.steps},
-        "ModelSwap_FaceRefine": {"steps": preset.refine_steps, "work_size": preset.refine_work_size},
-        "ModelSwap_GarmentMask": {"output_size": request.resolution},  # the same spelling (contract.py)
-    }
     overrides = Overrides(image=Path(images["model"]), seed=request.seed, num_images=request.num_images,
                           prompt=request.prompt, face_reference_mode=request.face_reference_mode,
-                          filename_prefix=filename_prefix, values=values)
+                          filename_prefix=filename_prefix, mode=request.generation_mode,
+                          values={"ModelSwap_GarmentMask": {"output_size": request.resolution}})  # contract.py spelling
     # segmenter (MODELSWAP_API_SEGMENTER): "fashn" or "selfie" replaces the workflow's parser loader; "" keeps it
     return use_segmenter(apply_overrides(load_workflow(path), overrides, images), segmenter)
 

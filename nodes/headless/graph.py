@@ -26,6 +26,7 @@ class Overrides:
     filename_prefix: str | None = None
     settings: list[str] = field(default_factory=list)  # "ClassType.input=value" (value parsed as JSON if it can be)
     values: dict[str, dict[str, object]] = field(default_factory=dict)  # {ClassType: {input: value}}, typed
+    mode: str | None = None  # a generation mode (fast/balanced/quality): the graph's engine's preset
 
 
 def load_workflow(path: Path) -> dict:
@@ -86,6 +87,8 @@ def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str])
             inputs["face_reference_mode"] = overrides.face_reference_mode
         if cls.endswith("SaveImage") and overrides.filename_prefix:  # ComfyUI's or the pack's
             inputs["filename_prefix"] = overrides.filename_prefix
+    if overrides.mode:
+        _apply_mode(graph, overrides.mode)
     for node_name, values in overrides.values.items():
         for key, value in values.items():
             _set(graph, node_name, key, value, f"{node_name}.{key}")
@@ -93,6 +96,36 @@ def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str])
         _apply_setting(graph, item)
     check_values(graph)
     return graph
+
+
+def engine_of(graph: dict) -> str | None:
+    """The engine the graph's sampler runs: read from the loader feeding its ``generator`` input."""
+    from ..pipeline import engines
+
+    for node in graph.values():
+        link = node.get("inputs", {}).get("generator") if node.get("class_type") == "ModelSwap_Sampler" else None
+        if isinstance(link, list) and str(link[0]) in graph:
+            return engines.engine_of_loader(graph[str(link[0])])
+    return None
+
+
+def _apply_mode(graph: dict, mode: str) -> None:
+    """Set the sampler's and FaceRefine's counts to the graph's engine's preset for ``mode``."""
+    from ..pipeline import engines
+    from ..pipeline.engines.base import GENERATION_MODES
+
+    if mode not in GENERATION_MODES:
+        raise WorkflowError(f"Generation mode {mode!r}: use one of {', '.join(GENERATION_MODES)}.")
+    engine = engine_of(graph)
+    if engine is None:
+        raise WorkflowError("A generation mode needs the workflow's engine, but no loader of a registered engine "
+                            "feeds its ModelSwap_Sampler: set the steps with --set instead.")
+    preset = engines.capabilities(engine).settings(mode)
+    for node in graph.values():
+        if node.get("class_type") == "ModelSwap_Sampler":
+            node["inputs"]["steps"] = preset.steps
+        if node.get("class_type") == "ModelSwap_FaceRefine":
+            node["inputs"].update(steps=preset.refine_steps, work_size=preset.refine_work_size)
 
 
 def check_values(graph: dict) -> None:

@@ -11,6 +11,7 @@ Each engine module defines:
 - ``MODEL_FOLDERS`` (the ComfyUI models folders its main model comes from) and
   ``load_model(path, locate, *, device, dtype, offload) -> base.Engine`` (its main model, the rest at
   the default names; ``locate(folder, name)`` finds a file): what the generic Engine Loader calls;
+- ``DEFAULT_MODEL`` (its main model's name) and, when it has one, ``LOADER_NODE`` (its own loader node);
 - ``API_WORKFLOWS``: the API-format workflows (without, with a face reference) the HTTP API fills,
   by name in the pack's workflows/ folder or as absolute paths.
 Modules import torch and diffusers lazily, so reading capabilities is cheap.
@@ -31,7 +32,7 @@ DEFAULT_ENGINE = "flux2_klein"  # the shipped default workflows' engine (Apache-
 ENGINES_VARIABLE = "MODELSWAP_ENGINES"
 
 __all__ = ["Capabilities", "Engine", "IdentityCondition", "InpaintRequest", "StepCallback", "ENGINES",
-           "DEFAULT_ENGINE", "engine_module", "capabilities", "register"]
+           "DEFAULT_ENGINE", "engine_module", "capabilities", "engine_of_loader", "register"]
 
 
 def engine_module(name: str):
@@ -45,6 +46,21 @@ def engine_module(name: str):
 
 def capabilities(name: str) -> Capabilities:
     return engine_module(name).CAPABILITIES
+
+
+def engine_of_loader(node: dict) -> str | None:
+    """The engine an API-format loader node loads: its ``engine`` input (the Engine Loader), else the engine
+    whose module names the node's class as its ``LOADER_NODE``; None for other nodes."""
+    chosen = node.get("inputs", {}).get("engine")
+    if isinstance(chosen, str):
+        return chosen
+    for name in ENGINES:
+        try:
+            if getattr(engine_module(name), "LOADER_NODE", None) == node.get("class_type"):
+                return name
+        except ImportError:  # a broken outside engine must not hide the others
+            continue
+    return None
 
 
 def register(name: str, module: str) -> None:

@@ -74,6 +74,7 @@ CAPABILITIES = Capabilities(
 API_WORKFLOWS = ("api/model_swap_api.json", "api/model_swap_face_reference_api.json")
 # Where the Engine Loader finds the main model: the transformer file, or the diffusers folder.
 MODEL_FOLDERS = ("diffusion_models", "diffusers")
+LOADER_NODE = "ModelSwap_KleinLoader"  # the engine-specific loader node (the Engine Loader names it in its input)
 DEFAULT_MODEL = "flux-2-klein-4b.safetensors"  # the registry's flux2_klein_transformer (test_engine_seam checks)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flux2_klein_4b"
 TEXT_ENCODER_LAYERS = (9, 18, 27)  # hidden states the klein pipelines stack (diffusers' default)

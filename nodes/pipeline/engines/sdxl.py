@@ -44,6 +44,7 @@ CAPABILITIES = Capabilities(
 API_WORKFLOWS = ("api/model_swap_sdxl_api.json", "api/model_swap_sdxl_face_reference_api.json")
 # Where the Engine Loader finds the main model: an SDXL checkpoint, or a diffusers folder.
 MODEL_FOLDERS = ("checkpoints", "diffusers")
+LOADER_NODE = "ModelSwap_PipelineLoader"  # the engine-specific loader node (with FaceID and ControlNet)
 DEFAULT_MODEL = "stable-diffusion-xl-1.0-inpainting-0.1"  # the registry's sdxl_inpaint (test_engine_seam checks)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sdxl"
 CONTROLNET_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "controlnet_sdxl" / "config.json"
