@@ -198,13 +198,13 @@ def licence_ok(items, mf, args) -> bool:
     return False
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(engines=("flux2_klein", "sdxl")) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT)
     ap.add_argument("--workflow", type=Path, action="append", default=[],
                     help="an API-format workflow whose models to get (repeatable; default "
                          "workflows/api/model_swap_api.json when neither --engine nor --model is given)")
-    ap.add_argument("--engine", choices=("sdxl", "flux2_klein"), help="every model an engine's default set needs")
+    ap.add_argument("--engine", choices=engines, help="every model an engine's default set needs")
     ap.add_argument("--model", action="append", default=[], metavar="KEY", help="a registry entry by key (repeatable)")
     ap.add_argument("--list", action="store_true", help="print name, size, licence and target; download nothing")
     ap.add_argument("--verify", action="store_true",
@@ -261,8 +261,8 @@ def plan(item, spec, folders, staging: Path, verify: bool, report) -> list | Non
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, comfy_args = split_comfy_args(argv)
-    args = parser().parse_args(own)
     wr, mf = _pack()
+    args = parser(mf.ENGINES).parse_args(own)
     comfyui = args.comfyui or default_comfyui()
     if args.comfyui and not (args.comfyui / "main.py").is_file():
         print(f"error: --comfyui {args.comfyui} is not a ComfyUI folder (no main.py)", file=sys.stderr)

@@ -333,7 +333,8 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
-ENGINES = ("sdxl", "flux2_klein")
+# The engines whose default model set the installer knows (get_models.py --engine): read off the entries.
+ENGINES = tuple(dict.fromkeys(engine for spec in MODELS.values() for engine in spec.engines))
 # Names with one of these suffixes are files; anything else (e.g. "...-inpainting-0.1") is a folder.
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin", ".onnx", ".gguf", ".tflite")
 
