@@ -1,7 +1,7 @@
 """A real redis-server for tests, on a loopback port, persistence off (as README's "Several GPUs" runs it).
 
-``restart(down_s)`` stops it (SIGTERM: with ``--save ""`` nothing is written) and starts a new one on the
-same port after ``down_s`` seconds: it comes back empty, as after a crash or an upgrade.
+``stop()`` ends it (SIGTERM: with ``--save ""`` nothing is written) and ``start()`` starts a new one on the
+same port: it comes back empty, as after a crash or an upgrade; ``restart(down_s)`` does both.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._exe = exe
         self.client = redis.Redis(port=self.port)
-        self._start()
+        self.start()
         return self
 
-    def _start(self) -> None:
+    def start(self) -> None:
         import redis
 
         self.process = subprocess.Popen(
@@ -64,7 +64,7 @@ class RedisServer:
         """Stop, stay down ``down_s`` seconds, start again empty on the same port."""
         self.stop()
         time.sleep(down_s)
-        self._start()
+        self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

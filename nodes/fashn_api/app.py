@@ -120,8 +120,8 @@ class FashnApi:
                     continue
                 try:
                     running = not (await self.store.get(folder.name)).done
-                except HttpError:
-                    running = False
+                except HttpError as exc:  # 404: ended long ago or unknown; else the store is out: keep it
+                    running = exc.status != 404
                 if not running:
                     _remove(folder)
 

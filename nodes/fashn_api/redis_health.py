@@ -1,4 +1,4 @@
-"""Redis trouble as an operator should see it: one log line when an outage begins, one when it ends.
+"""Redis as an operator sees it: one log line when an outage begins, one when it ends; ``GET /v1/cluster``.
 
 An outage is Redis unreachable (connection refused or lost, a timeout) or Redis come back empty (it
 restarted without persistence, or was flushed: the job stream and its consumer group are gone, or the
@@ -10,6 +10,7 @@ instance may try) and one line says that it is back and whether its data was los
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -98,10 +99,41 @@ class Health:
         self._outage = (time.monotonic(), why)
         self.outages += 1
         log.warning("model-swap API: Redis outage for worker %s: %s. It takes no jobs until Redis answers; "
-                    "retrying every %.0f s, and the next line says when Redis is back.", self.worker, why, RETRY_S)
+                    "retrying every second, and the next line says when Redis is back.", self.worker, why)
 
     def status(self) -> dict:
         return {"redis_outage_s": None if self._outage is None else round(time.monotonic() - self._outage[0], 1),
                 "redis_outages": self.outages, "last_redis_error": self.last_error,
                 "last_redis_error_at": None if self.last_error_at is None else
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_error_at))}
+
+
+async def cluster_view(store) -> dict:
+    """What ``GET /v1/cluster`` answers for a ``RedisStore``: this instance, the live instances (their
+    counters, listed by each one every tick) and the queue's sizes; Redis unreachable says why."""
+    mine = store.instance_status()
+    jobs = store.key("jobs")
+    try:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(store.key("unfinished"))
+            pipe.xlen(jobs)
+            pipe.get(store.key("ended"))
+            pipe.zcard(store.key("webhooks"))
+            pipe.zrange(store.key("instances"), 0, -1)
+            in_flight, entries, ended, webhooks, names = await pipe.execute()
+        try:
+            pending = {c["name"]: c["pending"] for c in await store.redis.xinfo_consumers(jobs, store.group)}
+        except ResponseError as exc:
+            if not queue_missing(exc):
+                raise
+            pending = {}
+        infos = await store.redis.mget([store.key("instance", n.decode()) for n in names]) if names else []
+    except (RedisError, OSError) as exc:
+        return {"redis": {"address": store.health.where, "reachable": False, "error": redis_trouble(exc)},
+                "this_instance": mine}
+    instances = [{**json.loads(info), "jobs_pending_in_redis": pending.get(name, 0)}
+                 for name, info in zip(names, infos) if info]
+    return {"redis": {"address": store.health.where, "reachable": True, "in_flight": in_flight,
+                      "max_in_flight": store.max_in_flight, "stream_entries": entries, "ended": int(ended or 0),
+                      "webhooks_pending": webhooks, "workers_in_group": len(pending)},
+            "this_instance": mine, "instances": instances}

@@ -31,6 +31,7 @@ the queue is made again when Redis comes back empty.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -45,10 +46,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .predictions import WEBHOOK_DONE, WEBHOOK_PENDING, Prediction, concurrency_limit
 from .protocol import HttpError, RunRequest, not_found
-from .redis_health import RETRY_S, Health, queue_missing, redis_trouble
+from .redis_health import RETRY_S, Health, cluster_view, redis_trouble
 
 log = logging.getLogger("comfyui_model_swap.api")
-GROUP = "workers"
+GROUP = "workers"  # the consumer group every instance reads the job stream with
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # Check the cluster-wide cap and take a place under it in one step: no burst on any number of
@@ -93,6 +94,7 @@ class RedisStore:
                  keep_running_s: float, clock: Callable[[], float] = time.time):
         self.redis = aioredis.Redis.from_url(url, decode_responses=False)
         self.prefix = prefix
+        self.group = GROUP
         self.max_in_flight = max_in_flight
         self.slots = slots
         self.claim_ms = max(1, int(claim_s * 1000))
@@ -121,18 +123,35 @@ class RedisStore:
     async def create(self, request: RunRequest, base_url: str) -> Prediction:
         prediction = Prediction(id=str(uuid.uuid4()), request=request, base_url=base_url)
         prediction.seq = time.time_ns()
-        busy = await self._create(keys=[self.key("unfinished"), self.key("pred", prediction.id), self.key("jobs")],
-                                  args=[self.max_in_flight, prediction.to_json(), int(self.keep_running_s),
-                                        prediction.id])
+        async with self._answering():
+            busy = await self._create(keys=[self.key("unfinished"), self.key("pred", prediction.id),
+                                            self.key("jobs")],
+                                      args=[self.max_in_flight, prediction.to_json(), int(self.keep_running_s),
+                                            prediction.id])
         if busy >= 0:
             raise concurrency_limit(busy, self.max_in_flight)
         return prediction
 
     async def get(self, prediction_id: str) -> Prediction:
-        text = await self.redis.get(self.key("pred", prediction_id))
-        if text is None:
+        async with self._answering():
+            prediction = await self._load(prediction_id)
+        if prediction is None:
             raise not_found(prediction_id)
-        return Prediction.from_json(text)
+        return prediction
+
+    async def _load(self, prediction_id: str) -> Prediction | None:
+        text = await self.redis.get(self.key("pred", prediction_id))
+        return None if text is None else Prediction.from_json(text)
+
+    @contextlib.asynccontextmanager
+    async def _answering(self):
+        """For request handlers: Redis unreachable answers FASHN's 500 with the reason (no traceback)."""
+        try:
+            yield
+        except UNREACHABLE as exc:
+            await self.health.failed(exc)
+            raise HttpError(500, "InternalServerError", f"The prediction store (Redis at {self.health.where}) does "
+                            f"not answer ({redis_trouble(exc)}); retry in a few seconds.") from None
 
     async def save(self, prediction: Prediction) -> None:
         """Record a status step; with Redis unreachable the step is skipped (the end is what counts)."""
@@ -213,7 +232,8 @@ class RedisStore:
         prediction = await self.get(prediction_id)
         if name not in prediction.outputs:
             return None
-        return await self.redis.get(self.key("out", prediction_id, name))
+        async with self._answering():
+            return await self.redis.get(self.key("out", prediction_id, name))
 
     # ---------------------------------------------------------------------------- the queue
     async def _check_queue(self) -> tuple[bool, str]:
@@ -244,16 +264,15 @@ class RedisStore:
             await self.health.failed(exc)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._take_jobs(run_job)), loop.create_task(self._upkeep())]
-        log.info("model-swap API: worker %s reads jobs from Redis (%d slots, claims expire after %.0f s)",
+        log.info("model-swap API: worker %s reads jobs from Redis (%d slots, claims expire after %g s)",
                  self.consumer, self.slots, self.claim_ms / 1000)
 
     async def _retry_webhooks(self) -> None:
         """Once: deliver the webhooks of predictions whose deliverer stopped (an instance crashed)."""
         stale = await self.redis.zrangebyscore(self.key("webhooks"), "-inf", self.clock() - self.claim_ms / 1000)
         for raw in stale:
-            try:
-                prediction = await self.get(raw.decode())
-            except Exception:  # noqa: BLE001 - expired meanwhile
+            prediction = await self._load(raw.decode())
+            if prediction is None:  # expired meanwhile
                 await self.redis.zrem(self.key("webhooks"), raw)
                 continue
             self._spawn(self._deliver(prediction))
@@ -309,7 +328,7 @@ class RedisStore:
                 for name in removed:
                     self.removed += 1
                     log.info("model-swap API: removed worker %s from the job queue's group: no job pending, silent "
-                             "for over %.0f s (its jobs were taken over)", name.decode(), self.claim_ms / 1000)
+                             "for over %g s (its jobs were taken over)", name.decode(), self.claim_ms / 1000)
                 if not self._webhooks_checked:
                     await self._retry_webhooks()
                 await self.health.ok()
@@ -333,10 +352,7 @@ class RedisStore:
 
     async def _run(self, entry_id: bytes, prediction_id: str, run_job) -> None:
         try:
-            try:
-                prediction = await self.get(prediction_id)
-            except HttpError:  # expired, or lost with Redis's data: nothing to run
-                prediction = None
+            prediction = await self._load(prediction_id)  # None: expired, or lost with Redis's data
             if prediction is not None and not prediction.done:
                 await run_job(prediction)
             async with self.redis.pipeline(transaction=True) as pipe:  # the stream keeps only open jobs
@@ -364,32 +380,7 @@ class RedisStore:
                 "jobs_taken_over": self.taken_over, "dead_workers_removed": self.removed, **self.health.status()}
 
     async def cluster_status(self) -> dict:
-        """What ``GET /v1/cluster`` answers: this instance, the live instances, the queue's sizes."""
-        mine = self.instance_status()
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.scard(self.key("unfinished"))
-                pipe.xlen(self.key("jobs"))
-                pipe.get(self.key("ended"))
-                pipe.zcard(self.key("webhooks"))
-                pipe.zrange(self.key("instances"), 0, -1)
-                in_flight, entries, ended, webhooks, names = await pipe.execute()
-            try:
-                pending = {c["name"]: c["pending"] for c in await self.redis.xinfo_consumers(self.key("jobs"), GROUP)}
-            except ResponseError as exc:
-                if not queue_missing(exc):
-                    raise
-                pending = {}
-            infos = await self.redis.mget([self.key("instance", n.decode()) for n in names]) if names else []
-        except Exception as exc:  # noqa: BLE001 - the operator sees why instead of a 500
-            return {"redis": {"address": self.health.where, "reachable": False, "error": redis_trouble(exc)},
-                    "this_instance": mine}
-        instances = [{**json.loads(info), "jobs_pending_in_redis": pending.get(name, 0)}
-                     for name, info in zip(names, infos) if info]
-        return {"redis": {"address": self.health.where, "reachable": True, "in_flight": in_flight,
-                          "max_in_flight": self.max_in_flight, "stream_entries": entries, "ended": int(ended or 0),
-                          "webhooks_pending": webhooks, "workers_in_group": len(pending)},
-                "this_instance": mine, "instances": instances}
+        return await cluster_view(self)
 
     async def close(self) -> None:
         for task in [*self._loops, *self._tasks]:
