@@ -24,7 +24,8 @@ WEIGHT_EXTENSIONS = {*CHECKPOINT_SUFFIXES, ".bin"}
 # The pack's own models sub-folders (ComfyUI knows the others it reads: diffusers, checkpoints, controlnet,
 # loras, clip_vision, diffusion_models, text_encoders, vae) and the file types listed in them.
 PACK_FOLDERS = {"ipadapter": WEIGHT_EXTENSIONS, "insightface": WEIGHT_EXTENSIONS | {".onnx"},
-                "human_parsing": WEIGHT_EXTENSIONS, "facedetection": {".onnx"}, "mediapipe": {".tflite"}}
+                "human_parsing": WEIGHT_EXTENSIONS, "facedetection": {".onnx"}, "mediapipe": {".tflite"},
+                "modelswap_faces": {".png"}}  # the face library: one sub-folder per saved face (face_nodes.py)
 
 
 def register_model_folders() -> None:

@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension
 
 from . import comfy_glue, comfy_memory
 from .engine_loader import ENGINE_LOADERS
+from .face_nodes import FACE_NODES
 from .loader_nodes import LOADERS
 from .save_node import SAVE_NODES
 from .swap_nodes import SWAP_NODES
@@ -21,7 +22,7 @@ class ModelSwapExtension(ComfyExtension):
         comfy_glue.register_model_folders()  # before schemas list the installed models
         comfy_memory.install()  # before any loader runs: ComfyUI places the pack's models
         _register_api()
-        return [*LOADERS, *ENGINE_LOADERS, *SWAP_NODES, *SAVE_NODES]
+        return [*LOADERS, *ENGINE_LOADERS, *SWAP_NODES, *SAVE_NODES, *FACE_NODES]
 
 
 def _register_api() -> None:

@@ -53,6 +53,8 @@ class Capabilities:
     display_name: str = ""  # for messages, e.g. "FLUX.2 klein 4B"
     licence: str = ""  # the licence of the weights load_model() reads (the licence guard's facts)
     commercial_use: bool = False  # whether that licence allows commercial use; undeclared: no
+    text_to_image: bool = False  # a plain canvas under a full-strength mask gives a picture from the prompt alone
+    #                               (the face library's Create Face); undeclared: no
 
     @property
     def default_steps(self) -> int:

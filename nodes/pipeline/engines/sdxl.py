@@ -37,6 +37,7 @@ CAPABILITIES = Capabilities(
     name="sdxl", reference_image=False, embedding_identity=True, controlnet=True, guidance=True,
     work_size=1024, side_multiple=8, display_name="SDXL inpainting",
     licence="CreativeML Open RAIL++-M (SDXL base and inpainting)", commercial_use=True,
+    text_to_image=True,  # the inpainting UNet with everything masked draws from the prompt (Create Face)
     presets={"fast": Preset(steps=12, refine_steps=6, refine_work_size=512),
              "balanced": Preset(steps=20, refine_steps=10, refine_work_size=768),
              "quality": Preset(steps=30, refine_steps=12, refine_work_size=1024)})
