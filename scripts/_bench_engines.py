@@ -173,7 +173,7 @@ def encoded(ctx):
 def settings(ctx, name: str, num_images: int = 1, mode: str = "balanced"):
     from comfyui_model_swap.nodes.pipeline.pipeline import GenerateSettings
 
-    steps = ctx.args.steps or mode_table(name)[mode]["steps"]
+    steps = ctx.args.steps or mode_table(name)[mode].steps
     return GenerateSettings(num_images=num_images, steps=steps)
 
 

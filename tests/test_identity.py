@@ -328,3 +328,15 @@ def test_warp_face_onto_a_shifted_copy_reproduces_the_shifted_photo(astronaut):
     assert warped.dtype == np.uint8
     np.testing.assert_array_equal(warped[20:, 30:], astronaut[:-20, :-30])
     assert valid[:20].max() == 0.0 and valid[:, :30].max() == 0.0 and valid[20:, 30:].min() == 1.0
+
+
+def test_onnx_runtime_threads_sleep_after_each_run_so_the_next_stage_gets_the_cores(analyzer):
+    """ONNX Runtime's workers spin-wait after a run by default; the engine's sampling right after face
+    analysis then shares the CPU with them (FLUX.2 klein's generate stage took 3.5x as long). Every
+    session of the analyser is configured not to spin."""
+    sessions = [model.session for model in analyzer.app.models.values()]
+    assert sessions
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
