@@ -49,6 +49,13 @@ class GarmentMask(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional regenerate mask (1 = regenerate) replacing the parser's; same size "
                                       "as the image."),
+                io.Combo.Input("aspect_ratio", options=list(c.ASPECT_RATIO_CHOICES), default=c.ORIGINAL_RATIO,
+                               optional=True,
+                               tooltip="Marketplace format (width:height). original: keep the photo's frame. A ratio "
+                                       "extends the photo (never crops it): centred left-right, new rows above the "
+                                       "head; the engine outpaints the new area and a seam band, every other pixel "
+                                       "outside the person is kept exactly. Sides are multiples of 8, so the ratio "
+                                       "is met within one 8 px step."),
             ],
             outputs=[
                 JobType.Output("job", tooltip="The swap job, for IdentityEncode."),
@@ -58,20 +65,21 @@ class GarmentMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None):
+    def execute(cls, image, regenerate, grow, feather, output_size, parser=None, mask=None,
+                aspect_ratio=c.ORIGINAL_RATIO):
         from .pipeline import masks
         from .pipeline.compositing import upscale_alpha
-        from .pipeline.pipeline import MaskSettings, output_hw, prepare
+        from .pipeline.pipeline import MaskSettings, blend_alpha, output_hw, prepare
 
         images = glue.images_from_tensor(image)
         ext = [None] * len(images) if mask is None else glue.masks_from_tensor(mask, len(images))
         settings = MaskSettings(regenerate=masks.class_names(regenerate), grow=grow, feather=feather,
-                                output_size=c.OUTPUT_SIZE_NAMES[output_size])
+                                output_size=c.OUTPUT_SIZE_NAMES[output_size], aspect_ratio=aspect_ratio)
         jobs = [prepare(parser, img, settings, external_mask=m) for img, m in zip(images, ext)]
         out_masks, previews = [], []
         for job in jobs:
             size = output_hw(job.native.shape[:2], job.image.shape[:2], job.output_size)
-            out_masks.append(upscale_alpha(job.swap.alpha, size))
+            out_masks.append(upscale_alpha(blend_alpha(job), size))
             shown = masks.preview(job.swap.labels) if job.swap.labels is not None else masks.overlay(job.image, job.swap)
             previews.append(shown)
         return io.NodeOutput(jobs, glue.tensor_from_masks(_same_size(out_masks)),

@@ -2,7 +2,7 @@
 
     python scripts/run_workflow.py workflows/api/model_swap_api.json --image photo.jpg --out results/ \\
         [--face-reference face.jpg] [--seed 42] [--num-images 1] [--prompt TEXT] \\
-        [--face-reference-mode match_reference|match_base] [--set NODE.INPUT=VALUE ...] \\
+        [--face-reference-mode match_reference|match_base] [--aspect-ratio 4:5] [--set NODE.INPUT=VALUE ...] \\
         [--server http://127.0.0.1:8188 | --comfyui PATH/TO/ComfyUI] [--models-dir DIR ...] \\
         [-- EXTRA COMFYUI FLAGS, e.g. --cpu --base-directory DIR]
 
@@ -47,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=("fast", "balanced", "quality"),
                     help="a generation mode: the workflow's engine's own steps, face-refine steps and work size "
                          "for it (as the HTTP API's generation_mode); --set wins over it")
+    ap.add_argument("--aspect-ratio", metavar="W:H",
+                    help="a marketplace format, one of FASHN's aspect ratios (e.g. 1:1, 4:5, 3:4, 9:16; a wrong one "
+                         "is refused with the list), or 'original': the photo is extended to it by outpainting, "
+                         "never cropped (GarmentMask's aspect_ratio)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                     help="set any widget, e.g. ModelSwap_FaceRefine.strength=0.5 (repeatable)")
     ap.add_argument("--segmenter", choices=("fashn", "selfie"),
@@ -83,7 +87,8 @@ def main(argv=None) -> int:
         return wr.EXIT_USAGE
     overrides = wr.Overrides(image=args.image, face_reference=args.face_reference, seed=args.seed,
                              num_images=args.num_images, prompt=args.prompt,
-                             face_reference_mode=args.face_reference_mode, settings=args.set, mode=args.mode)
+                             face_reference_mode=args.face_reference_mode, settings=args.set, mode=args.mode,
+                             aspect_ratio=args.aspect_ratio)
     try:
         graph = wr.load_workflow(args.workflow)
         graph = importlib.import_module("comfyui_model_swap.nodes.segmenters").use_segmenter(graph, args.segmenter)

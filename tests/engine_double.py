@@ -16,7 +16,7 @@ import numpy as np
 from comfyui_model_swap.nodes.pipeline.engines.base import GENERATION_MODES, Capabilities, InpaintRequest, Preset
 
 REFERENCE_ENGINE = Capabilities(name="double_reference", reference_image=True, embedding_identity=False,
-                                controlnet=False, guidance=False, work_size=1024, side_multiple=16,
+                                controlnet=False, guidance=False, work_size=1024, side_multiple=16, outpaint=True,
                                 presets={m: Preset(steps=4, refine_steps=4, refine_work_size=1024)
                                          for m in GENERATION_MODES})
 

@@ -231,6 +231,29 @@ def test_generation_modes_set_documented_steps_and_quality_is_the_shipped_workfl
         assert nodes["ModelSwap_FaceRefine"]["work_size"] == shipped["ModelSwap_FaceRefine"]["work_size"]
 
 
+def test_aspect_ratio_takes_fashns_ten_values_into_garment_mask_and_refuses_others_by_name():
+    from comfyui_model_swap.nodes.fashn_api.protocol import HttpError, parse_run_request
+    from comfyui_model_swap.nodes.pipeline.contract import ASPECT_RATIOS
+
+    body = lambda **inputs: {"model_name": "model-swap", "inputs": {"model_image": png_uri(), **inputs}}  # noqa: E731
+    assert parse_run_request(body()).aspect_ratio is None and parse_run_request(body(aspect_ratio=None)).aspect_ratio \
+        is None
+    for ratio in ("21:9", "1:1", "4:3", "3:2", "2:3", "5:4", "4:5", "3:4", "16:9", "9:16"):  # FASHN SDK's list
+        request = parse_run_request(body(aspect_ratio=ratio))
+        graph = workflow_fill.fill(request, {"model": "in/m.png"}, "p/raw")
+        assert [n["inputs"]["aspect_ratio"] for n in graph.values()
+                if n["class_type"] == "ModelSwap_GarmentMask"] == [ratio]
+    plain = workflow_fill.fill(parse_run_request(body()), {"model": "in/m.png"}, "p/raw")
+    assert all("aspect_ratio" not in n["inputs"] for n in plain.values())  # the node's own default: original
+    for bad in ("7:3", "original", "16/9", 1.5):
+        with pytest.raises(HttpError) as err:
+            parse_run_request(body(aspect_ratio=bad))
+        assert err.value.status == 400 and err.value.name == "BadRequest"
+        assert err.value.message == (f"inputs.aspect_ratio={bad!r} is not allowed: use one of {', '.join(ASPECT_RATIOS)} "
+                                     "(width:height; the photo is extended to it, never cropped), or leave it out to "
+                                     "keep the photo's frame.")
+
+
 def test_url_outputs_are_served_then_expire_to_404_and_their_files_go(tmp_path):
     clock = [1000.0]
 

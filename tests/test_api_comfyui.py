@@ -349,7 +349,7 @@ HTTP_CASES = [
     ("model_image as number", {"model_name": "model-swap", "inputs": {"model_image": 42}}, KEY, 400, "BadRequest"),
     ("ftp URL", {"model_name": "model-swap", "inputs": {"model_image": "ftp://example.com/a.png"}}, KEY, 400,
      "BadRequest"),
-    ("aspect_ratio", _body(aspect_ratio="1:1"), KEY, 400, "BadRequest"),
+    ("aspect_ratio not one of FASHN's ten", _body(aspect_ratio="7:3"), KEY, 400, "BadRequest"),
     ("bad webhook_url", {**_body(), "webhook_url": "not a url"}, KEY, 400, "BadRequest"),
     ("missing API key", _body(), None, 401, "UnauthorizedAccess"),
     ("wrong API key", _body(), "wrong-key", 401, "UnauthorizedAccess"),

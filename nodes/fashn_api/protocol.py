@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-from ..pipeline.contract import MODES, NUM_IMAGES, RESOLUTIONS, SEED
+from ..pipeline.contract import ASPECT_RATIOS, MODES, NUM_IMAGES, RESOLUTIONS, SEED
 from ..pipeline.engines.base import GENERATION_MODES
 
 MODEL_NAME = "model-swap"
@@ -37,6 +37,7 @@ class RunRequest:
     return_base64: bool = False
     generation_mode: str = "balanced"
     resolution: str = "1k"
+    aspect_ratio: str | None = None  # one of contract.ASPECT_RATIOS; None keeps the photo's frame
     webhook_url: str | None = None
 
     def summary(self) -> dict:
@@ -121,11 +122,7 @@ def parse_run_request(body: object, webhook_query: str | None = None) -> RunRequ
     unknown = sorted(set(inputs) - _INPUTS)
     if unknown:
         raise bad_request(f"Unknown input(s) {', '.join(map(repr, unknown))} for model-swap: the inputs are "
-                          f"{', '.join(sorted(_INPUTS - {'aspect_ratio'}))}.")
-    if inputs.get("aspect_ratio") is not None:
-        raise bad_request("aspect_ratio is not supported by the local model swap: it keeps the source photo's "
-                          "framing and pixels exactly. Crop model_image to the ratio you want, and leave "
-                          "aspect_ratio out.")
+                          f"{', '.join(sorted(_INPUTS))}.")
     if "model_image" not in inputs:
         raise bad_request("inputs.model_image is missing: give the model photo as an http(s) URL or as "
                           "data:image/<format>;base64,<data>.")
@@ -148,6 +145,7 @@ def parse_run_request(body: object, webhook_query: str | None = None) -> RunRequ
         return_base64=_boolean(inputs, "return_base64", False),
         generation_mode=_choice(inputs, "generation_mode", GENERATION_MODES, "balanced"),
         resolution=_choice(inputs, "resolution", RESOLUTIONS, "1k"),
+        aspect_ratio=_aspect_ratio(inputs.get("aspect_ratio")),
         webhook_url=webhook,
     )
 
@@ -185,6 +183,17 @@ def _choice(inputs: dict, key: str, options: tuple[str, ...], default: str) -> s
     value = inputs.get(key, default)
     if value not in options or not isinstance(value, str):
         raise bad_request(f"inputs.{key}={value!r} is not allowed: use one of {', '.join(options)}.")
+    return value
+
+
+def _aspect_ratio(value: object) -> str | None:
+    """FASHN's aspect_ratio: one of its ten width:height values, or absent/null for the photo's own frame."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in ASPECT_RATIOS:
+        raise bad_request(f"inputs.aspect_ratio={value!r} is not allowed: use one of {', '.join(ASPECT_RATIOS)} "
+                          "(width:height; the photo is extended to it, never cropped), or leave it out to keep "
+                          "the photo's frame.")
     return value
 
 

@@ -29,7 +29,8 @@ def fill(request: RunRequest, images: dict[str, str], filename_prefix: str, engi
     overrides = Overrides(image=Path(images["model"]), seed=request.seed, num_images=request.num_images,
                           prompt=request.prompt, face_reference_mode=request.face_reference_mode,
                           filename_prefix=filename_prefix, mode=request.generation_mode,
-                          values={"ModelSwap_GarmentMask": {"output_size": request.resolution}})  # contract.py spelling
+                          values={"ModelSwap_GarmentMask": {"output_size": request.resolution}},  # contract.py spelling
+                          aspect_ratio=request.aspect_ratio)
     # segmenter (MODELSWAP_API_SEGMENTER): "fashn" or "selfie" replaces the workflow's parser loader; "" keeps it
     return use_segmenter(apply_overrides(load_workflow(path), overrides, images), segmenter)
 

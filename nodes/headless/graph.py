@@ -27,6 +27,7 @@ class Overrides:
     settings: list[str] = field(default_factory=list)  # "ClassType.input=value" (value parsed as JSON if it can be)
     values: dict[str, dict[str, object]] = field(default_factory=dict)  # {ClassType: {input: value}}, typed
     mode: str | None = None  # a generation mode (fast/balanced/quality): the graph's engine's preset
+    aspect_ratio: str | None = None  # GarmentMask's aspect_ratio (contract.ASPECT_RATIO_CHOICES); None: the graph's
 
 
 def load_workflow(path: Path) -> dict:
@@ -85,6 +86,8 @@ def apply_overrides(graph: dict, overrides: Overrides, uploaded: dict[str, str])
                     inputs[key] = value
         if cls.endswith("_FaceRefine") and overrides.face_reference_mode:
             inputs["face_reference_mode"] = overrides.face_reference_mode
+        if cls.endswith("_GarmentMask") and overrides.aspect_ratio is not None:  # checked by check_values below
+            inputs["aspect_ratio"] = overrides.aspect_ratio
         if cls.endswith("SaveImage") and overrides.filename_prefix:  # ComfyUI's or the pack's
             inputs["filename_prefix"] = overrides.filename_prefix
     if overrides.mode:

@@ -130,6 +130,10 @@ def node_problems(node: str, values: dict) -> list[str]:
             problem = param.problem(values[param.name])
             if problem is not None:
                 found.append(problem)
+    if node == "ModelSwap_GarmentMask" and "aspect_ratio" in values:  # a combo, checked by its own words
+        problem = aspect_ratio_problem(values["aspect_ratio"])
+        if problem is not None:
+            found.append(problem)
     return found
 
 
@@ -141,6 +145,22 @@ LONG_SIDE_CAPS = {"2k": 2048, "4k": 4096}
 # -> the pipeline's OUTPUT_SIZES.
 OUTPUT_SIZE_NAMES = {"1k": "processing", "2k": "2k", "4k": "4k", "native": "native"}
 RESOLUTIONS = ("1k", "2k", "4k")  # FASHN's resolution values: the API's, GarmentMask's output_size too
+
+# Marketplace formats: FASHN's aspect_ratio values (its SDK's ModelSwapRequestInputs), width:height. The API's
+# aspect_ratio, GarmentMask's combo (ASPECT_RATIO_CHOICES: "original" first, the default) and the runner's
+# --aspect-ratio all use this one spelling; pipeline/reframe.py extends the photo to the ratio.
+ASPECT_RATIOS = ("21:9", "1:1", "4:3", "3:2", "2:3", "5:4", "4:5", "3:4", "16:9", "9:16")
+ORIGINAL_RATIO = "original"  # keep the photo's own frame
+ASPECT_RATIO_CHOICES = (ORIGINAL_RATIO,) + ASPECT_RATIOS
+
+
+def aspect_ratio_problem(value, label: str = "aspect_ratio") -> str | None:
+    """None when ``value`` is one of ASPECT_RATIO_CHOICES, else the one refusal sentence."""
+    if isinstance(value, str) and value in ASPECT_RATIO_CHOICES:
+        return None
+    return (f"{label}={value!r} is not a supported aspect ratio: use one of {', '.join(ASPECT_RATIOS)} "
+            f"(width:height), or {ORIGINAL_RATIO!r} to keep the photo's frame.")
+
 
 # Single-file weights the loaders accept (.sft is the short safetensors suffix some hubs use).
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import contract as c
 from . import masks as masks_mod
+from . import reframe
 from .compositing import composite, to_native
 from .engines.base import IdentityCondition, InpaintRequest
 from .errors import InputValidationError
@@ -42,6 +43,7 @@ class MaskSettings:
     feather: int = c.FEATHER.default
     output_size: str = "processing"  # one of contract.OUTPUT_SIZES
     max_pixels: int = MAX_PIXELS
+    aspect_ratio: str = c.ORIGINAL_RATIO  # contract.ASPECT_RATIO_CHOICES: extend the photo to it (reframe.py)
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,20 @@ class GenerateSettings:
 @dataclass(frozen=True)
 class Prepared:
     native: np.ndarray  # the input, full size
-    image: np.ndarray  # at processing size
-    swap: masks_mod.SwapMask
+    image: np.ndarray  # at processing size (on the canvas, with an aspect ratio)
+    swap: masks_mod.SwapMask  # the person band (on the canvas, with an aspect ratio)
     output_size: str
     notes: tuple[str, ...] = ()
     timings: Timings = ()
+    frame: reframe.Frame | None = None  # with an aspect ratio: where the photo sits on the canvas
+
+
+def blend_alpha(prepared: Prepared) -> np.ndarray:
+    """What the output takes from the generated image: the person band, and with an aspect ratio also the
+    new canvas and its seam band (reframe.Frame.outpaint). Exactly 0 on every pixel kept from the input."""
+    if prepared.frame is None:
+        return prepared.swap.alpha
+    return np.maximum(prepared.swap.alpha, prepared.frame.outpaint)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class SwapResult:
     timings: dict[str, float] = field(default_factory=dict)
     face_crops: list[np.ndarray] = field(default_factory=list)
     face_masks: list[np.ndarray] = field(default_factory=list)
+    frame: reframe.Frame | None = None  # with an aspect ratio: the photo's place on the processing-size canvas
 
 
 def output_hw(native_hw: tuple[int, int], processing_hw: tuple[int, int], output_size: str) -> tuple[int, int]:
@@ -140,7 +152,10 @@ def prepare(parser, image, settings: MaskSettings = MaskSettings(), *, external_
             "(models/mediapipe/selfie_multiclass_256x256.tflite), or supply a mask.")
     native = as_rgb_uint8(image, "model image")
     ext = None if external_mask is None else as_mask(external_mask, native.shape[:2], "external mask")
-    size = processing_size(*native.shape[:2], max_pixels=settings.max_pixels)
+    ratio = None if reframe.is_original(settings.aspect_ratio) else settings.aspect_ratio
+    budget = settings.max_pixels if ratio is None else reframe.photo_budget(native.shape[:2], ratio,
+                                                                            settings.max_pixels)
+    size = processing_size(*native.shape[:2], max_pixels=budget)
     scaled = resize(native, size)
     timings: list = []
     resolve = getattr(parser, "resolve_classes", None)  # optional: a parser without it takes every class as given
@@ -150,10 +165,18 @@ def prepare(parser, image, settings: MaskSettings = MaskSettings(), *, external_
         ext = None if ext is None else np.clip(resize(ext, size), 0.0, 1.0)
         swap = masks_mod.build_swap_mask(labels, external=ext, regenerate=regenerate,
                                          grow=settings.grow, feather=settings.feather)
-    notes = () if swap.band.any() else (
+    notes = () if swap.band.any() or ratio is not None else (
         "The regenerate mask is empty (no person pixels found): the output equals the input.",)
+    frame = None
+    if ratio is not None:  # the photo on a canvas of the ratio; the new area is outpainted (reframe.py)
+        frame = reframe.plan(size, ratio)
+        scaled, native = reframe.extend(scaled, frame), reframe.extend_native(native, ratio)
+        swap = masks_mod.SwapMask(
+            labels=None if swap.labels is None else reframe.extend_zeros(swap.labels, frame),
+            hard=reframe.extend_zeros(swap.hard, frame), alpha=reframe.extend_zeros(swap.alpha, frame),
+            source=swap.source)
     return Prepared(native=native, image=scaled, swap=swap, output_size=settings.output_size, notes=notes,
-                    timings=tuple(timings))
+                    timings=tuple(timings), frame=frame)
 
 
 def encode(analyzer, prepared: Prepared, face_reference=None, *, identity_scale: float = c.IDENTITY_SCALE.default
@@ -204,11 +227,21 @@ def check_takes_identity(caps) -> None:
             "FLUX.2 klein engine, which takes the identity from the reference image itself.")
 
 
+def check_outpaints(caps, ratio: str) -> None:
+    """Refuse an aspect ratio (a canvas to outpaint) for an engine that cannot fill one."""
+    if not caps.outpaint:
+        raise InputValidationError(
+            f"aspect_ratio={ratio!r} extends the photo, which the engine must outpaint, and the loaded {caps.label} "
+            "engine cannot: set aspect_ratio to 'original', or load FLUX.2 klein or the SDXL pipeline.")
+
+
 def check_engine_fits(engine, encoded: Encoded, control_image) -> None:
     """Refuse, before any work, a face reference or control image the engine cannot use."""
     caps = engine.capabilities
     if encoded.identity is not None:
         check_takes_identity(caps)
+    if encoded.prepared.frame is not None:
+        check_outpaints(caps, encoded.prepared.frame.ratio)
     embedding = None if encoded.identity is None else encoded.identity.embedding
     if caps.embedding_identity and not caps.reference_image and embedding is not None \
             and np.asarray(embedding).size != FACEID_EMBEDDING_SIZE:
@@ -240,7 +273,10 @@ def generate(engine, encoded: Encoded, settings: GenerateSettings = GenerateSett
     timings: list = []
     with timed(engine.device, timings, "generate"):
         padded, (h, w) = pad_to_multiple(prepared.image, multiple)
-        mask = pad_to_multiple(region_strength(prepared.swap, settings.body_strength), multiple)[0]
+        strength = region_strength(prepared.swap, settings.body_strength)
+        if prepared.frame is not None:  # the new canvas and its seam band: regenerated (outpainted) too
+            strength = np.maximum(strength, prepared.frame.outpaint)
+        mask = pad_to_multiple(strength, multiple)[0]
         control = None
         if control_image is not None:
             control = pad_to_multiple(resize(as_rgb_uint8(control_image, "control image"), (h, w)), multiple)[0]
@@ -258,14 +294,16 @@ def finish(sampled: Sampled) -> SwapResult:
     encoded = sampled.encoded
     prepared = encoded.prepared
     swap, native, size = prepared.swap, prepared.native, prepared.image.shape[:2]
+    alpha = blend_alpha(prepared)
     timings: list = []
     with timed("cpu", timings, "composite"):
-        outputs = [composite(prepared.image, g, swap.alpha) for g in sampled.images]
-        out_mask = swap
+        outputs = [composite(prepared.image, g, alpha) for g in sampled.images]
+        out_mask = swap if prepared.frame is None else masks_mod.SwapMask(
+            labels=swap.labels, hard=swap.hard | (alpha >= 1.0), alpha=alpha, source=swap.source)
         target = output_hw(native.shape[:2], size, prepared.output_size)
         if target != tuple(size):
             full = resize(native, target)  # the original pixels, only scaled when a long-side cap applies
-            natives = [to_native(full, g, swap.alpha) for g in sampled.images]
+            natives = [to_native(full, g, alpha) for g in sampled.images]
             outputs = [img for img, _ in natives]
             out_mask = masks_mod.SwapMask(labels=None, hard=natives[0][1] >= 1.0, alpha=natives[0][1])
     all_timings = prepared.timings + encoded.timings + sampled.timings + tuple(timings)
@@ -273,7 +311,7 @@ def finish(sampled: Sampled) -> SwapResult:
         images=outputs, swap_mask=out_mask, prompts=list(sampled.prompts), negative_prompt=sampled.negative_prompt,
         seeds=list(sampled.seeds), processing_size=tuple(size), face_found=encoded.base_face is not None,
         notes=list(prepared.notes + encoded.notes), timings={k: v for k, v in all_timings},
-        face_crops=list(sampled.face_crops), face_masks=list(sampled.face_masks))
+        face_crops=list(sampled.face_crops), face_masks=list(sampled.face_masks), frame=prepared.frame)
 
 
 # ----------------------------------------------------------------------------- Python entry point
@@ -299,6 +337,7 @@ class SwapOptions:
     feather: int = c.FEATHER.default
     output_size: str = "processing"
     max_pixels: int = MAX_PIXELS
+    aspect_ratio: str = c.ORIGINAL_RATIO  # or one of contract.ASPECT_RATIOS: extend the photo to it
     refine_faces: bool = True
     refine: Any = None  # face_refine.RefineSettings; None = its defaults
     controlnet_scale: float = c.CONTROLNET_SCALE.default
@@ -306,7 +345,8 @@ class SwapOptions:
 
     def mask_settings(self) -> MaskSettings:
         return MaskSettings(regenerate=tuple(self.regenerate), grow=self.grow, feather=self.feather,
-                            output_size=self.output_size, max_pixels=self.max_pixels)
+                            output_size=self.output_size, max_pixels=self.max_pixels,
+                            aspect_ratio=self.aspect_ratio)
 
     def generate_settings(self) -> GenerateSettings:
         return GenerateSettings(prompt=self.prompt, seed=self.seed, num_images=self.num_images, steps=self.steps,
@@ -330,6 +370,9 @@ def validate_options(o: SwapOptions) -> None:
         raise InputValidationError(f"person={o.person!r}: use one of {', '.join(PERSONS)}.")
     if o.output_size not in c.OUTPUT_SIZES:
         raise InputValidationError(f"output_size={o.output_size!r}: use one of {', '.join(c.OUTPUT_SIZES)}.")
+    problem = c.aspect_ratio_problem(o.aspect_ratio)
+    if problem is not None:
+        raise InputValidationError(problem)
     if not isinstance(o.prompt, str) or not isinstance(o.negative_prompt, str):
         raise InputValidationError("prompt and negative_prompt must be text.")
     (o.refine or RefineSettings()).check()
@@ -352,6 +395,8 @@ class ModelSwapPipeline:
         validate_options(options)
         if face_reference is not None:  # before any work
             check_takes_identity(self.engine.capabilities)
+        if not reframe.is_original(options.aspect_ratio):
+            check_outpaints(self.engine.capabilities, options.aspect_ratio)
         prepared = prepare(self.parser, image, options.mask_settings(), external_mask=external_mask)
         encoded = encode(self.analyzer, prepared, face_reference, identity_scale=options.identity_scale)
         sampled = generate(self.engine, encoded, options.generate_settings(), control_image=control_image,

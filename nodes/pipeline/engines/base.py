@@ -55,6 +55,8 @@ class Capabilities:
     commercial_use: bool = False  # whether that licence allows commercial use; undeclared: no
     text_to_image: bool = False  # a plain canvas under a full-strength mask gives a picture from the prompt alone
     #                               (the face library's Create Face); undeclared: no
+    outpaint: bool = False  # a full-strength mask (1) on new canvas pixels fills them in (marketplace formats,
+    #                         pipeline/reframe.py); undeclared: no, and an aspect_ratio is refused
 
     @property
     def default_steps(self) -> int:

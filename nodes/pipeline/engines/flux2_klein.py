@@ -59,6 +59,7 @@ CAPABILITIES = Capabilities(
     work_size=1024,  # 1 MP: the pipeline's own ceiling for the image and the reference
     side_multiple=16,  # VAE 8x and 2x2 latent patches
     text_to_image=True,  # a full mask on a plain canvas: FLUX.2 klein text-to-image (Create Face)
+    outpaint=True,  # its inpaint pipeline fills a mask-1 region from noise, wherever it lies
     # Distilled to 4 sampler steps in every mode: the modes differ in the face pass. FaceRefine runs at
     # partial strength; 4 steps actually run keeps the distilled model in its schedule (fewer: too few
     # for a face at work size), "fast" trades that for speed on a 512 px crop.

@@ -35,7 +35,7 @@ from .base import Capabilities, InpaintRequest, Preset, StepCallback
 
 CAPABILITIES = Capabilities(
     name="sdxl", reference_image=False, embedding_identity=True, controlnet=True, guidance=True,
-    work_size=1024, side_multiple=8, display_name="SDXL inpainting",
+    work_size=1024, side_multiple=8, display_name="SDXL inpainting", outpaint=True,
     licence="CreativeML Open RAIL++-M (SDXL base and inpainting)", commercial_use=True,
     text_to_image=True,  # the inpainting UNet with everything masked draws from the prompt (Create Face)
     presets={"fast": Preset(steps=12, refine_steps=6, refine_work_size=512),
