@@ -1,7 +1,7 @@
 """Run an exported Model Swap workflow headlessly on one image and write the results.
 
     python scripts/run_workflow.py workflows/api/model_swap_api.json --image photo.jpg --out results/ \\
-        [--face-reference face.jpg] [--seed 42] [--num-images 1] [--prompt TEXT] \\
+        [--face-reference face.jpg | --face NAME] [--seed 42] [--num-images 1] [--prompt TEXT] \\
         [--face-reference-mode match_reference|match_base] [--aspect-ratio 4:5] [--set NODE.INPUT=VALUE ...] \\
         [--server http://127.0.0.1:8188 | --comfyui PATH/TO/ComfyUI] [--models-dir DIR ...] \\
         [-- EXTRA COMFYUI FLAGS, e.g. --cpu --base-directory DIR]
@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/api/*_api.json or 'Export (API)')")
     ap.add_argument("--image", type=Path, required=True, help="the model photo")
     ap.add_argument("--face-reference", type=Path, help="a photo of the face to give the model")
+    ap.add_argument("--face", metavar="NAME",
+                    help="a face saved in the face library (Save Face: <models>/modelswap_faces/NAME/) as the face "
+                         "reference; the library is found in --comfyui's models folders or --models-dir")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--num-images", type=int)
     ap.add_argument("--prompt")
@@ -69,6 +72,16 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def saved_face(wr, name: str, comfyui: Path | None, comfy_args: list[str], models_dirs: list[Path]) -> Path:
+    """The picture of saved face ``name``, looked up in the face library of ComfyUI's model folders."""
+    fl = importlib.import_module("comfyui_model_swap.nodes.pipeline.face_library")
+    fl.check_name(name)
+    if not (comfyui or models_dirs or wr.comfy_args_value(comfy_args, "--base-directory")):
+        raise wr.WorkflowError(f"the face library is in ComfyUI's models folder ({fl.FOLDER}/): give --comfyui, "
+                               "or --models-dir with the models folder of the ComfyUI at --server")
+    return fl.face_folder(wr.model_folders(comfyui, comfy_args, models_dirs).dirs(fl.FOLDER), name) / fl.PICTURE
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, comfy_args = split_comfy_args(argv)
@@ -81,6 +94,15 @@ def main(argv=None) -> int:
                         ("workflow", args.workflow)):
         if path is not None and not path.is_file():
             print(f"error: {label} {path} does not exist", file=sys.stderr)
+            return wr.EXIT_USAGE
+    if args.face is not None:
+        if args.face_reference is not None:
+            print("error: give --face NAME or --face-reference FILE, not both", file=sys.stderr)
+            return wr.EXIT_USAGE
+        try:
+            args.face_reference = saved_face(wr, args.face, args.comfyui, comfy_args, args.models_dir)
+        except (wr.WorkflowError, ValueError) as exc:
+            print(f"error: --face: {exc}", file=sys.stderr)
             return wr.EXIT_USAGE
     if args.comfyui and not (args.comfyui / "main.py").is_file():
         print(f"error: --comfyui {args.comfyui} is not a ComfyUI folder (no main.py)", file=sys.stderr)

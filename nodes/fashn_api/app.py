@@ -27,7 +27,7 @@ from aiohttp import web
 from ..pipeline import errors as pipeline_errors
 from ..pipeline import provenance
 from ..provenance_graph import record_for
-from . import image_input, net
+from . import faces, image_input, net
 from .config import ApiConfig
 from .history import MIME, encode, history_error, inside
 from .http_errors import fashn_errors, read_json
@@ -65,8 +65,9 @@ class QueueBackend(Protocol):
 class FashnApi:
     def __init__(self, config: ApiConfig, backend: QueueBackend, store: Store | None = None, *,
                  fetch: Callable[..., Awaitable[tuple[bytes, str]]] = net.fetch,
-                 post_json: Callable[..., Awaitable[bool]] = net.post_json):
+                 post_json: Callable[..., Awaitable[bool]] = net.post_json, face_dirs: faces.Dirs = list):
         self.config = config
+        self.face_dirs = face_dirs  # the face library's folders ("face:NAME" references, GET /v1/faces)
         self.backend = backend
         self.fetch = fetch
         self.post_json = post_json
@@ -131,11 +132,13 @@ class FashnApi:
         routes.get("/v1/status/{id}")(fashn_errors(self.handle_status))
         routes.get("/v1/outputs/{id}/{name}")(fashn_errors(self.handle_output))
         routes.get("/v1/cluster")(fashn_errors(self.handle_cluster))
+        routes.get("/v1/faces")(fashn_errors(self.handle_faces))
 
     async def handle_run(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = await read_json(request)
         run = parse_run_request(body, request.query.get("webhook_url"))
+        faces.check_saved(run.face_reference, self.face_dirs)
         self.start()
         prediction = await self.store.create(run, self._base_url(request))
         log.info("model-swap API: prediction %s accepted: %s", prediction.id, json.dumps(run.summary()))
@@ -144,6 +147,11 @@ class FashnApi:
     async def handle_status(self, request: web.Request) -> web.Response:
         self._authorize(request)
         return web.json_response((await self.store.get(request.match_info["id"])).payload())
+
+    async def handle_faces(self, request: web.Request) -> web.Response:
+        """The face library's saved faces (a local extension, README "Face library")."""
+        self._authorize(request)
+        return web.json_response(await asyncio.to_thread(faces.listing, self.face_dirs))
 
     async def handle_cluster(self, request: web.Request) -> web.Response:
         """For operators: the Redis cluster's state (README "Several GPUs"); 404 with the SQLite store."""
@@ -257,7 +265,9 @@ class FashnApi:
 
     async def _load_image(self, ref: str, what: str, dest: Path) -> None:
         """Fetch or decode one input image and write it to ``dest`` as a clean RGB PNG."""
-        if image_input.is_data_uri(ref):
+        if faces.saved_name(ref) is not None:
+            data = await asyncio.to_thread(faces.picture, ref, self.face_dirs)
+        elif image_input.is_data_uri(ref):
             data, _ = image_input.split_data_uri(ref, what=what, max_bytes=self.config.fetch_max_bytes)
         else:
             try:

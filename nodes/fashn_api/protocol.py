@@ -218,6 +218,10 @@ def _image_ref(value: object, key: str) -> str:
     if not isinstance(value, str):
         raise bad_request(f"inputs.{key} must be a string (an http(s) URL or a data URI), not {_type_name(value)}.")
     text = value.strip()
+    if key == "face_reference" and text.startswith("face:"):  # a saved face: a local extension (faces.py)
+        from .faces import check_syntax
+
+        return check_syntax(text, key)
     if text[:5].lower() == "data:":
         return text
     _check_url_syntax(text, f"inputs.{key}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from pathlib import Path
 
 from .config import ApiConfig
 
@@ -67,7 +68,10 @@ def register() -> None:
     except Exception as exc:  # noqa: BLE001 - a bad store setting must not stop ComfyUI
         log.error("Model Swap API disabled: cannot open the prediction store: %s", exc)
         return
-    api = FashnApi(config, backend, store)
+    from ..comfy_glue import folder_roots
+    from ..pipeline.face_library import FOLDER
+
+    api = FashnApi(config, backend, store, face_dirs=lambda: [Path(p) for p in folder_roots(FOLDER)])
     api.add_routes(server.routes)
 
     async def on_startup(app):

@@ -160,17 +160,21 @@ def face_folder(dirs: Sequence[Path], name: str) -> Path:
     raise _missing(name, dirs)
 
 
+def read_record(folder: Path) -> dict:
+    """A saved face's face.json."""
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise ImageLoadError(f"{folder / RECORD} is not readable JSON ({exc}): save the face again.") from None
+
+
 def load_face(dirs: Sequence[Path], name: str) -> SavedFace:
     folder = face_folder(dirs, name)
     data = np.frombuffer((folder / PICTURE).read_bytes(), np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageLoadError(f"{folder / PICTURE} is not a readable PNG: save the face again.")
-    try:
-        record = json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError) as exc:
-        raise ImageLoadError(f"{folder / RECORD} is not readable JSON ({exc}): save the face again.") from None
-    return SavedFace(name, folder, np.ascontiguousarray(bgr[:, :, ::-1]), record)
+    return SavedFace(name, folder, np.ascontiguousarray(bgr[:, :, ::-1]), read_record(folder))
 
 
 def picture_bytes(dirs: Sequence[Path], name: str) -> bytes:
