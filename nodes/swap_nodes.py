@@ -82,8 +82,9 @@ class GarmentMask(io.ComfyNode):
             out_masks.append(upscale_alpha(blend_alpha(job), size))
             shown = masks.preview(job.swap.labels) if job.swap.labels is not None else masks.overlay(job.image, job.swap)
             previews.append(shown)
+        notes = [note for job in jobs for note in job.notes]  # in the history, for the catalogue runner
         return io.NodeOutput(jobs, glue.tensor_from_masks(_same_size(out_masks)),
-                             glue.tensor_from_images(_same_size(previews)))
+                             glue.tensor_from_images(_same_size(previews)), ui={"notes": notes} if notes else None)
 
 
 class IdentityEncode(io.ComfyNode):

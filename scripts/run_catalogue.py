@@ -1,0 +1,135 @@
+"""Run a Model Swap workflow over a whole set of photos with one ComfyUI start and one model load.
+
+    python scripts/run_catalogue.py workflows/api/model_swap_api.json PHOTOS --out results/ \\
+        [--comfyui PATH/TO/ComfyUI | --server http://127.0.0.1:8188] [--face-reference face.jpg] \\
+        [--seed 42] [--prompt TEXT] [--num-images 1] [--mode fast|balanced|quality] [--set NODE.INPUT=VALUE] \\
+        [--in-flight 2] [-- EXTRA COMFYUI FLAGS, e.g. --cpu]
+
+PHOTOS is a folder (its .png/.jpg/.jpeg/.webp/.bmp/.tif files), a quoted glob ("shoot/*.jpg") or a CSV
+manifest with a header row and the columns image (required), face_reference, seed, prompt, output
+(the outputs' file name; default the photo's); paths in it are relative to the CSV's folder, and a
+column's value wins over the command's option for that row.
+
+Photos are checked, uploaded and queued while ComfyUI works, --in-flight at a time. A photo that
+cannot be read or whose job fails is recorded with its error and the set goes on. Outputs are
+<out>/<name>_<k>.png; <out>/manifest.json and manifest.csv (input, outputs, seed, face reference,
+status ok/note/error, error, notes, seconds) are rewritten after each photo, and
+<out>/contact_sheet.html shows every input beside its outputs. Running the same command again skips
+the photos whose outputs are there, so a crash or Ctrl-C costs only the photos in flight.
+
+Exit codes: 0 every photo made (some may carry a note, e.g. no person found), 1 some photos failed
+(see the summary, the manifest or the contact sheet) or ComfyUI failed, 2 a usage error (bad option,
+source, CSV column or workflow), 3 models are missing (what to download and where is printed),
+130 interrupted (Ctrl-C; run the same command again to finish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pack import split_comfy_args  # noqa: E402
+from run_workflow import _runner  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/api/*_api.json or 'Export (API)')")
+    ap.add_argument("photos", help="a folder of photos, a quoted glob, or a CSV manifest")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the outputs, manifest and contact sheet")
+    ap.add_argument("--face-reference", type=Path, help="one face for every photo (a CSV row's own wins)")
+    ap.add_argument("--seed", type=int, help="the seed of every photo (a CSV row's own wins)")
+    ap.add_argument("--num-images", type=int)
+    ap.add_argument("--prompt")
+    ap.add_argument("--face-reference-mode", choices=("match_reference", "match_base"))
+    ap.add_argument("--mode", choices=("fast", "balanced", "quality"), help="a generation mode (see run_workflow.py)")
+    ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                    help="set any widget, e.g. ModelSwap_FaceRefine.strength=0.5 (repeatable)")
+    ap.add_argument("--segmenter", choices=("fashn", "selfie"), help="GarmentMask's parser (see run_workflow.py)")
+    ap.add_argument("--in-flight", type=int, default=2,
+                    help="jobs queued in ComfyUI at once (default 2: one running, the next ready)")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="URL of a running ComfyUI, e.g. http://127.0.0.1:8188")
+    where.add_argument("--comfyui", type=Path, help="a ComfyUI folder to start headless once for the whole set")
+    ap.add_argument("--models-dir", type=Path, action="append", default=[],
+                    help="models folder(s) to check before starting (default with --comfyui: ComfyUI's own)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one photo may take")
+    ap.epilog = "Everything after '--' goes to ComfyUI when --comfyui starts it, e.g. -- --cpu"
+    return ap
+
+
+def main(argv=None, stream=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, comfy_args = split_comfy_args(argv)
+    args = parser().parse_args(own)
+    wr = _runner()
+    cat = importlib.import_module("comfyui_model_swap.nodes.headless.catalogue")
+    run_mod = importlib.import_module("comfyui_model_swap.nodes.headless.catalogue_run")
+    sheet = importlib.import_module("comfyui_model_swap.nodes.headless.contact_sheet")
+
+    def usage(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return wr.EXIT_USAGE
+
+    if comfy_args and not args.comfyui:
+        return usage("ComfyUI flags after '--' need --comfyui (a running --server has its own)")
+    if not args.workflow.is_file():
+        return usage(f"workflow {args.workflow} does not exist")
+    if args.face_reference is not None and not args.face_reference.is_file():
+        return usage(f"--face-reference {args.face_reference} does not exist")
+    if args.comfyui and not (args.comfyui / "main.py").is_file():
+        return usage(f"--comfyui {args.comfyui} is not a ComfyUI folder (no main.py)")
+    if args.in_flight < 1:
+        return usage("--in-flight must be at least 1")
+    base = wr.Overrides(image=Path("photo"), face_reference=args.face_reference, seed=args.seed,
+                        num_images=args.num_images, prompt=args.prompt, face_reference_mode=args.face_reference_mode,
+                        settings=args.set, mode=args.mode)
+    try:
+        items = cat.read_source(args.photos)
+        graph = wr.load_workflow(args.workflow)
+        graph = importlib.import_module("comfyui_model_swap.nodes.segmenters").use_segmenter(graph, args.segmenter)
+        needs_face = args.face_reference is not None or any(i.face_reference for i in items)
+        wr.apply_overrides(graph, base, {"model": "photo.png", **({"face_reference": "face.png"} if needs_face
+                                                                   else {})})  # checked before anything starts
+    except (wr.WorkflowError, ValueError) as exc:
+        return usage(str(exc))
+    try:
+        if args.models_dir or args.comfyui:
+            folders = wr.model_folders(args.comfyui, comfy_args, args.models_dir)
+            missing = wr.missing_models(wr.required_models(graph), folders)
+            if missing:
+                print("Models missing; download them with `python scripts/get_models.py --workflow "
+                      f"{args.workflow}` (same --comfyui/--models-dir), or place them as follows, then run again:",
+                      file=sys.stderr)
+                for line in missing:
+                    print(f"  - {line}", file=sys.stderr)
+                return wr.EXIT_MISSING_MODELS
+        print(f"Catalogue: {len(items)} photos -> {args.out}", file=stream or sys.stderr)
+        try:
+            if args.server:
+                summary = run_mod.run_catalogue(wr.ComfyClient(args.server), graph, base, items, args.out,
+                                                in_flight=args.in_flight, timeout=args.timeout, stream=stream)
+            else:
+                with wr.LocalComfy(args.comfyui, comfy_args) as client:
+                    summary = run_mod.run_catalogue(client, graph, base, items, args.out, in_flight=args.in_flight,
+                                                    timeout=args.timeout, stream=stream)
+        finally:
+            if args.out.is_dir():
+                sheet.write(args.out, items, title=f"Catalogue: {args.photos}")
+    except wr.WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return wr.EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: run the same command again to finish the rest (results so far: "
+              f"{args.out / 'manifest.csv'}).", file=sys.stderr)
+        return 130
+    print(f"{summary.line()}; manifest: {args.out / 'manifest.csv'}; contact sheet: "
+          f"{args.out / 'contact_sheet.html'}", file=stream or sys.stderr)
+    return wr.EXIT_FAILED if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
