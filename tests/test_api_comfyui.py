@@ -251,6 +251,24 @@ def test_sdk_base64_png_without_reference_keeps_background_exact_and_a_fixed_see
     assert not np.array_equal(np.asarray(decode(other.output[0])), np.asarray(image))
 
 
+def test_sdk_aspect_ratio_extends_the_photo_to_the_ratio_and_keeps_its_background_exact(client):
+    """FASHN's aspect_ratio, sent by its SDK: a 4:5 canvas (128 x 160) with the photo on its bottom edge and
+    new rows above the head (README, "Marketplace formats"); outside the person and the seam band (16 px
+    inside the extended top border) the photo's own pixels."""
+    photo = faceless(PHOTO)
+    result = subscribe(client, model_image=data_uri(png_bytes(photo)), seed=7, return_base64=True,
+                       aspect_ratio="4:5")
+    assert result.status == "completed" and result.error is None, result
+    out = np.asarray(decode(result.output[0]).convert("RGB"))
+    assert out.shape == (160, 128, 3)  # 128 * 5 / 4 = 160: the exact ratio (sides multiples of 8)
+    placed = out[32:]
+    sides = np.r_[0:8, 120:128]
+    assert np.array_equal(placed[16:, sides], photo[16:, sides])  # background below the seam band: exact
+    assert not np.array_equal(placed, photo)  # the person was regenerated
+    new_rows = out[:32].astype(int)
+    assert np.abs(new_rows - photo[:1].astype(int)).mean() > 5  # outpainted, not the photo's top row repeated
+
+
 def test_sdk_url_outputs_jpeg_four_images_served_by_this_server(client, server, chain):
     result = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), num_images=4, output_format="jpeg",
                        seed=11)

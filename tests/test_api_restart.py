@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import comfy_harness
-from test_api_comfyui import DIRECT, KEY, NETGUARD, PHOTO, data_uri, faceless, png_bytes, raw
+from test_api_comfyui import DIRECT, KEY, NETGUARD, PHOTO, data_uri, decode, faceless, png_bytes, raw
 
 # 1 MP, in 8x8 blocks so its PNG stays well under this server's 1 MB upload limit
 BIG_PHOTO = faceless(PHOTO).repeat(8, axis=0).repeat(8, axis=1)
@@ -212,7 +212,7 @@ def test_the_typescript_sdks_client_fields_are_accepted_and_other_unknown_fields
         assert (code, answer["error"]) == (400, "BadRequest") and next(iter(extra)) in answer["message"]
 
 
-def test_fashns_typescript_sdk_subscribe_with_poll_interval_and_timeout_completes(server, tmp_path):
+def test_fashns_typescript_sdk_subscribe_with_poll_interval_timeout_and_aspect_ratio_completes(server, tmp_path):
     if not (TS_CLIENT / "node_modules" / "fashn").is_dir() or not os.path.exists(NODE):
         if comfy_harness.IN_CI:
             pytest.fail("npm fashn is not installed in tests/ts_client/node_modules: .ci/run installs it")
@@ -220,10 +220,12 @@ def test_fashns_typescript_sdk_subscribe_with_poll_interval_and_timeout_complete
     image = tmp_path / "model.txt"
     image.write_text(data_uri(png_bytes(faceless(PHOTO))))
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    done = subprocess.run([NODE, str(TS_CLIENT / "subscribe.mjs"), server.url, KEY, str(image)], cwd=TS_CLIENT,
+    done = subprocess.run([NODE, str(TS_CLIENT / "subscribe.mjs"), server.url, KEY, str(image), "9:16"], cwd=TS_CLIENT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["result"]["status"] == "completed", out
     assert out["result"]["output"][0].startswith("data:image/png;base64,")
     assert out["updates"][-1] == "completed" and len(out["updates"]) >= 2
+    # it sent FASHN's aspect_ratio: a 9:16 canvas (128 * 16 / 9 = 227.6 -> 232 rows, multiples of 8)
+    assert decode(out["result"]["output"][0]).size == (128, 232)

@@ -193,6 +193,17 @@ def test_overrides_fill_images_seed_count_prompt_and_mode():
     assert graph != out  # the loaded workflow itself is untouched
 
 
+def test_aspect_ratio_reaches_garment_mask_and_a_wrong_one_exits_2_with_the_list(photos, tmp_path, capsys):
+    out = wr.apply_overrides(wr.load_workflow(PLAIN), wr.Overrides(image=Path("x"), aspect_ratio="4:5"),
+                             {"model": "m.png"})
+    assert [n["inputs"]["aspect_ratio"] for n in out.values() if n["class_type"] == "ModelSwap_GarmentMask"] == ["4:5"]
+    common = ["--image", str(photos / "model.jpg.png"), "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9"]
+    assert run_workflow.main([str(PLAIN), *common, "--aspect-ratio", "7:3"]) == wr.EXIT_USAGE
+    assert capsys.readouterr().err == ("error: aspect_ratio='7:3' is not a supported aspect ratio: use one of 21:9, 1:1, "
+                                       "4:3, 3:2, 2:3, 5:4, 4:5, 3:4, 16:9, 9:16 (width:height), or 'original' to keep "
+                                       "the photo's frame.\n")
+
+
 def test_set_changes_any_widget_and_rejects_what_does_not_exist():
     graph = wr.load_workflow(PLAIN)
     out = wr.apply_overrides(graph, wr.Overrides(image=Path("x"), settings=["ModelSwap_FaceRefine.strength=0.3",
