@@ -36,7 +36,6 @@ class CreateFace(io.ComfyNode):
             description="Makes 1-4 new, wholly generated face portraits from a description and a seed (front-facing, "
                         "neutral light, plain background) with the loaded engine, each checked by the face analyser "
                         "(one clear face large enough for a face reference). Save one with Save Face.",
-            search_aliases=["new face", "generate face", "face library", "text to face"],
             inputs=[
                 GeneratorType.Input("generator", tooltip="An engine that can draw from a description (FLUX.2 klein "
                                                          "or SDXL, from the Engine Loader)."),
@@ -151,7 +150,6 @@ class LoadFace(io.ComfyNode):
             category=glue.CATEGORY,
             description="A face saved in the face library (ComfyUI/models/modelswap_faces/), as an image for "
                         "IdentityEncode's face_reference.",
-            search_aliases=["saved face", "face library", "face reference"],
             inputs=[io.Combo.Input("name", options=names or ["(no saved faces)"],
                                    tooltip="A saved face (Save Face writes them; refresh the page after saving).")],
             outputs=[io.Image.Output("face", tooltip="The saved face picture, for IdentityEncode's face_reference.")],

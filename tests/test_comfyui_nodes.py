@@ -19,6 +19,7 @@ from PIL import Image
 
 import comfy_harness
 import provenance_check as pc
+import saved_faces
 import tiny_models
 from same_picture import assert_same_picture
 from comfyui_model_swap.nodes.pipeline import contract, model_files
@@ -31,7 +32,7 @@ WORKFLOWS = ROOT / "workflows"
 NODE_IDS = ("ModelSwap_PipelineLoader", "ModelSwap_KleinLoader", "ModelSwap_HumanParserLoader",
             "ModelSwap_InsightFaceLoader", "ModelSwap_OpenCVFaceLoader",
             "ModelSwap_GarmentMask", "ModelSwap_IdentityEncode", "ModelSwap_Sampler", "ModelSwap_FaceRefine",
-            "ModelSwap_SaveImage")
+            "ModelSwap_SaveImage", "ModelSwap_CreateFace", "ModelSwap_SaveFace", "ModelSwap_LoadFace")
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*_api.json"))
 DEFAULT_WORKFLOWS = ("model_swap_api.json", "model_swap_face_reference_api.json")  # FLUX.2 klein
 SDXL_FACE_REFERENCE = WORKFLOWS / "api" / "model_swap_sdxl_face_reference_api.json"
@@ -290,6 +291,55 @@ def test_pack_loads_without_insightface_and_names_the_node_that_needs_it(tmp_pat
 
 
 # ------------------------------------------------------------------------------- engines held by the graph
+
+# ------------------------------------------------------------------------------- the face library
+
+def _create_face_graph(name: str, seed: int = 5) -> dict:
+    workflow = load_api(WORKFLOWS / "api" / "model_swap_face_reference_api.json")
+    loaders = {k: n for k, n in workflow.items() if n["class_type"] in ("ModelSwap_KleinLoader",
+                                                                         "ModelSwap_OpenCVFaceLoader")}
+    klein, faces = (next(k for k, n in loaders.items() if n["class_type"] == c)
+                    for c in ("ModelSwap_KleinLoader", "ModelSwap_OpenCVFaceLoader"))
+    return {**loaders,
+            "20": {"class_type": "ModelSwap_CreateFace", "inputs": {
+                "generator": [klein, 0], "face_analyzer": [faces, 0], "person": "woman", "age_band": "auto",
+                "skin_tone": "auto", "ethnicity": "", "hair_colour": "auto", "hair_style": "", "description": "",
+                "seed": seed, "count": 2, "size": 64}},
+            "21": {"class_type": "ModelSwap_SaveFace", "inputs": {"faces": ["20", 1], "candidate": 1, "name": name,
+                                                                   "overwrite": False}}}
+
+
+def test_create_face_on_tiny_klein_reaches_the_analyser_check_which_names_the_candidate(server, models):
+    # The tiny klein's random weights draw no face the tiny YuNet sees: the check refuses (see saved_faces.py).
+    entry = server.wait(server.queue_prompt(_create_face_graph("never saved")), timeout=300, check=False)
+    messages = json.dumps(entry["status"]["messages"])
+    assert entry["status"]["status_str"] == "error" and "Candidate 1 (seed 5)" in messages, messages
+    assert not (models / "modelswap_faces" / "never saved").exists()
+    with pytest.raises(comfy_harness.PromptRejected) as e:
+        server.queue_prompt(_create_face_graph("../escape"))
+    assert "21" in e.value.body["node_errors"] and "is not allowed" in json.dumps(e.value.body["node_errors"])
+
+
+def test_a_saved_face_from_load_face_is_the_face_reference_of_a_real_swap(server, inputs, models, tmp_path):
+    from comfyui_model_swap.nodes.pipeline import face_opencv
+
+    analyzer = face_opencv.OpenCVFaceAnalyzer.load(models / "facedetection")
+    saved = saved_faces.save(models / "modelswap_faces", "Graph Face", analyzer)
+    Image.open(saved / "face.png").save(tmp_path / "same_face.png")
+    with_file = with_inputs(load_api(WORKFLOWS / "api" / "model_swap_face_reference_api.json"),
+                            {**inputs, "reference": server.upload_image(tmp_path / "same_face.png")}, seed=21, fast=True)
+    by_name = json.loads(json.dumps(with_file))
+    ref_id = next(k for k, n in by_name.items() if n["class_type"] == "LoadImage"
+                  and "reference" in n.get("_meta", {}).get("title", "").lower())
+    by_name[ref_id] = {"class_type": "ModelSwap_LoadFace", "inputs": {"name": "Graph Face"}}
+    node_of(by_name, "ModelSwap_SaveImage")["inputs"]["filename_prefix"] = "by_name"
+    assert np.array_equal(_run_image(server, by_name), _run_image(server, with_file))  # the saved picture was used
+    missing = json.loads(json.dumps(by_name))
+    missing[ref_id]["inputs"]["name"] = "Nobody"
+    with pytest.raises(comfy_harness.PromptRejected) as e:
+        server.queue_prompt(missing)
+    assert "No saved face named 'Nobody'" in json.dumps(e.value.body) and "Graph Face" in json.dumps(e.value.body)
+
 
 def _run_image(server, graph) -> np.ndarray:
     (path,) = server.output_images(server.run(graph, timeout=600))
