@@ -28,6 +28,7 @@ from PIL import Image
 import comfy_harness
 import fashn
 import provenance_check as pc
+import saved_faces
 import tiny_models
 
 
@@ -310,6 +311,26 @@ def test_sdk_face_reference_in_both_modes(client, server, chain, mode, fmt, base
         assert image.format == fmt.upper() and image.size == (128, 128)
         if fmt == "png":
             assert background_equal(image, PHOTO)
+
+
+def test_sdk_saved_face_by_name_is_listed_and_used_as_the_face_reference(client, server, chain):
+    """The local extension: face_reference "face:NAME" (a face of the library in models/modelswap_faces)."""
+    from comfyui_model_swap.nodes.pipeline import face_opencv
+
+    analyzer = face_opencv.OpenCVFaceAnalyzer.load(server.models_dir / "facedetection")
+    saved = saved_faces.save(server.models_dir / "modelswap_faces", "Studio Face", analyzer)
+    code, listed = raw(server, "GET", "/v1/faces")
+    assert code == 200 and [f["face_reference"] for f in listed["faces"]] == ["face:Studio Face"]
+    by_name = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), face_reference="face:Studio Face",
+                        return_base64=True, seed=4)
+    assert by_name.status == "completed", by_name.error
+    check_provenance(base64.b64decode(by_name.output[0].split(",", 1)[1]), chain, seed=4, face_reference=True)
+    by_file = subscribe(client, model_image=data_uri(png_bytes(PHOTO)), seed=4, return_base64=True,
+                        face_reference=data_uri((saved / "face.png").read_bytes()))
+    assert np.array_equal(np.asarray(decode(by_name.output[0])), np.asarray(decode(by_file.output[0])))
+    for ref, words in (("face:../Studio Face", "is not allowed"), ("face:Nobody", "saved faces: Studio Face")):
+        code, answer = raw(server, "POST", "/v1/run", _body(face_reference=ref))
+        assert (code, answer["error"]) == (400, "BadRequest") and words in answer["message"], answer
 
 
 def test_sdk_model_image_by_url_with_exif_orientation_and_a_webhook(client, server, image_host):
