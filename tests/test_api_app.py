@@ -244,7 +244,8 @@ def test_aspect_ratio_takes_fashns_ten_values_into_garment_mask_and_refuses_othe
         assert [n["inputs"]["aspect_ratio"] for n in graph.values()
                 if n["class_type"] == "ModelSwap_GarmentMask"] == [ratio]
     plain = workflow_fill.fill(parse_run_request(body()), {"model": "in/m.png"}, "p/raw")
-    assert all("aspect_ratio" not in n["inputs"] for n in plain.values())  # the node's own default: original
+    assert [n["inputs"]["aspect_ratio"] for n in plain.values()  # the shipped workflow's: the photo's frame
+            if n["class_type"] == "ModelSwap_GarmentMask"] == ["original"]
     for bad in ("7:3", "original", "16/9", 1.5):
         with pytest.raises(HttpError) as err:
             parse_run_request(body(aspect_ratio=bad))
