@@ -15,6 +15,9 @@ Groups (each adds rows to one markdown table):
   crops) vs the parser's forward pass alone. The whole swap runs with an engine that returns its
   input, so its time is everything but sampling.
 * ``swap``: the whole swap with the SDXL engine, per stage (tiny SDXL architecture on CPU).
+* ``catalogue``: N photos (``--catalogue-photos``) through the headless runner in one
+  scripts/run_catalogue.py command against N scripts/run_workflow.py calls, on a real ComfyUI with
+  the tests' tiny models (scripts/_bench_catalogue.py; needs ComfyUI as the tests find it).
 
 Random weights give real timings (the arithmetic is the same as with trained weights) but
 meaningless pictures. Models are built in a temporary folder with the published layouts and
@@ -251,6 +254,13 @@ def _engines():
     return _bench_engines
 
 
+def _catalogue():
+    """scripts/_bench_catalogue.py: N photos in one catalogue command against N single runner calls."""
+    import _bench_catalogue
+
+    return _bench_catalogue
+
+
 def swap_group(ctx: Context) -> list[Case]:
     """The whole swap with the SDXL engine; per-stage times of the last run in the note and JSON."""
     import torch
@@ -304,6 +314,7 @@ GROUPS: dict[str, tuple[Callable[[Context], list[Case]], str]] = {
     "engine": (lambda ctx: _engines().engine_group(ctx), "runs"),
     "batch": (lambda ctx: _engines().batch_group(ctx), "runs"),
     "modes": (lambda ctx: _engines().modes_group(ctx), "swap_runs"),
+    "catalogue": (lambda ctx: _catalogue().catalogue_group(ctx), "swap_runs"),
 }
 SUITE = ("parse", "engine", "batch", "modes")
 # Defaults of the options a suite sets differently: (plain run, CPU suite, CUDA suite). The CPU suite is
@@ -356,6 +367,7 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None,
                     help="sampling steps (default: swap 2 on CPU, 30 on CUDA; engine groups the mode's steps)")
     ap.add_argument("--num-images", type=int, default=1)
+    ap.add_argument("--catalogue-photos", type=int, default=4, help="photos per set in the catalogue group")
     ap.add_argument("--refine-size", type=int, default=None,
                     help="FaceRefine working size for the swap (default 1024 CUDA, 256 CPU)")
     ap.add_argument("--json", default=None, help="also write the table and its samples to this JSON file")
