@@ -59,7 +59,7 @@ class CreateFace(io.ComfyNode):
                              tooltip="Candidate i uses seed + i; the same seed and description give the same faces."),
                 io.Int.Input("count", default=fl.COUNT.default, min=fl.COUNT.bounds[0], max=fl.COUNT.bounds[1],
                              tooltip=fl.COUNT.meaning),
-                io.Int.Input("size", default=0, min=0, max=2048, step=16,
+                io.Int.Input("size", default=0, min=0, max=2048, step=16,  # faces.MAX_SIZE (API)
                              tooltip="Side of the square portrait in pixels; 0 = the engine's work size (1024)."),
             ],
             outputs=[

@@ -331,6 +331,11 @@ def test_sdk_saved_face_by_name_is_listed_and_used_as_the_face_reference(client,
     for ref, words in (("face:../Studio Face", "is not allowed"), ("face:Nobody", "saved faces: Studio Face")):
         code, answer = raw(server, "POST", "/v1/run", _body(face_reference=ref))
         assert (code, answer["error"]) == (400, "BadRequest") and words in answer["message"], answer
+    # Creating over HTTP runs Create Face -> Save Face on the API's engine (tiny klein here, whose random weights
+    # draw no face the tiny YuNet sees: saved_faces.py): the real analyser check refuses, naming the candidate.
+    code, answer = raw(server, "POST", "/v1/faces", {"name": "Made Here", "seed": 5, "size": 64})
+    assert (code, answer["error"]) == (400, "InputValidationError"), answer
+    assert "Candidate 1 (seed 5)" in answer["message"] and not (server.models_dir / "modelswap_faces" / "Made Here").exists()
 
 
 def test_sdk_model_image_by_url_with_exif_orientation_and_a_webhook(client, server, image_host):

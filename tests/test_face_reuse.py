@@ -119,3 +119,57 @@ def test_api_get_faces_route_lists_the_library(library):
 
     status, body = asyncio.run(scenario())
     assert status == 200 and [f["name"] for f in body["faces"]] == ["Anna"]
+
+
+def test_api_face_creation_graph_uses_the_api_workflows_loaders_and_checks_the_request():
+    name, seed, description, size, overwrite = faces._creation_request(
+        {"name": "New Face", "seed": 8, "description": {"person": "man", "text": "beard"}, "size": 64})
+    graph = faces.creation_graph(WITH_REFERENCE, name, seed, description, size, overwrite)
+    assert sorted(n["class_type"] for n in graph.values()) == [
+        "ModelSwap_CreateFace", "ModelSwap_KleinLoader", "ModelSwap_OpenCVFaceLoader", "ModelSwap_SaveFace"]
+    create = graph["face_create"]["inputs"]
+    assert (create["person"], create["description"], create["seed"], create["size"]) == ("man", "beard", 8, 64)
+    assert all(str(create[k][0]) in graph for k in ("generator", "face_analyzer"))
+    assert graph["face_save"]["inputs"] == {"faces": ["face_create", 1], "candidate": 1, "name": "New Face",
+                                            "overwrite": False}
+    for body, words in (({"name": "../x"}, "is not allowed"), ({"name": "a", "colour": 1}, "Unknown field"),
+                        ({"name": "a", "description": {"eyes": "green"}}, "description must be"),
+                        ({"name": "a", "description": {"skin_tone": "green"}}, "skin_tone='green'"),
+                        ({"name": "a", "seed": -1}, "seed"), ({"name": "a", "size": 100}, "multiple of 16"),
+                        ([], "JSON object")):
+        with pytest.raises(HttpError, match=words) as info:
+            faces._creation_request(body)
+        assert info.value.status == 400
+
+
+class _Comfy:
+    """Stands in for ComfyUI's queue: 'runs' the creation graph by saving a face, or fails it."""
+
+    def __init__(self, root, analyzer=None):
+        self.root, self.analyzer, self.graphs = root, analyzer, []
+
+    async def submit(self, graph, prompt_id):
+        self.graphs.append(graph)
+        if self.analyzer is not None:
+            saved_faces.save(self.root, graph["face_save"]["inputs"]["name"], self.analyzer)
+        return prompt_id
+
+    async def states(self, ids):
+        failed = {"status_str": "error", "messages": [["execution_error", {
+            "node_id": "face_create", "node_type": "ModelSwap_CreateFace", "exception_type": "NoFaceError",
+            "exception_message": "Candidate 1 (seed 1): the face analyser found no face"}]]}
+        status = {"status_str": "success", "completed": True} if self.analyzer else failed
+        return {i: ("done", {"status": status}) for i in ids}
+
+
+def test_api_face_creation_answers_the_saved_face_or_the_graphs_error(tmp_path, tmp_path_factory):
+    analyzer = face_opencv.OpenCVFaceAnalyzer.load(tiny.build(tmp_path_factory.mktemp("facedetection")))
+    root = tmp_path / fl.FOLDER
+    made = asyncio.run(faces.create(_Comfy(root, analyzer), WITH_REFERENCE, {"name": "Made", "seed": 3},
+                                    lambda: [root]))
+    assert made["name"] == "Made" and made["face_reference"] == "face:Made"
+    with pytest.raises(HttpError, match="already saved") as info:
+        asyncio.run(faces.create(_Comfy(root, analyzer), WITH_REFERENCE, {"name": "Made"}, lambda: [root]))
+    with pytest.raises(HttpError, match=r"Candidate 1 \(seed 1\)") as info:
+        asyncio.run(faces.create(_Comfy(root), WITH_REFERENCE, {"name": "Other", "seed": 1}, lambda: [root]))
+    assert (info.value.status, info.value.name) == (400, "InputValidationError")

@@ -133,6 +133,7 @@ class FashnApi:
         routes.get("/v1/outputs/{id}/{name}")(fashn_errors(self.handle_output))
         routes.get("/v1/cluster")(fashn_errors(self.handle_cluster))
         routes.get("/v1/faces")(fashn_errors(self.handle_faces))
+        routes.post("/v1/faces")(fashn_errors(self.handle_create_face))
 
     async def handle_run(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -152,6 +153,16 @@ class FashnApi:
         """The face library's saved faces (a local extension, README "Face library")."""
         self._authorize(request)
         return web.json_response(await asyncio.to_thread(faces.listing, self.face_dirs))
+
+    async def handle_create_face(self, request: web.Request) -> web.Response:
+        """Create one face and save it in the library (a local extension, README "Face library")."""
+        from .workflow_fill import workflow_files
+
+        self._authorize(request)
+        body = await read_json(request)
+        self.start()
+        workflow = workflow_files(self.config.engine)[1]
+        return web.json_response(await faces.create(self.backend, workflow, body, self.face_dirs))
 
     async def handle_cluster(self, request: web.Request) -> web.Response:
         """For operators: the Redis cluster's state (README "Several GPUs"); 404 with the SQLite store."""

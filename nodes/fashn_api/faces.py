@@ -4,19 +4,30 @@
   every face name (:func:`protocol` refuses a bad one with 400), an unknown one is refused with 400 listing
   the saved faces, and the saved picture is used as the face reference.
 - ``GET /v1/faces`` lists the saved faces (name, description, seed, engine, created; not the embedding).
+- ``POST /v1/faces`` ``{"name", "seed", "description": {person, age_band, skin_tone, ethnicity, hair_colour,
+  hair_style, text}, "size", "overwrite"}`` creates one face and saves it: a Create Face -> Save Face graph on the
+  loaders of the API's engine workflow (the same models the predictions use) is queued in ComfyUI and
+  waited for; the answer is the saved face's listing entry, or the graph's error (the analyser's refusal
+  names the candidate) as 400 with FASHN's error name.
 
-Creating faces stays in the graph (Create Face -> Save Face): it needs the engine the graph loads.
 ``dirs`` is a callable giving the library's folders (inside ComfyUI: ``models/modelswap_faces``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..pipeline import contract as c
 from ..pipeline import face_library as fl
 from ..pipeline.errors import InputValidationError
-from .protocol import bad_request
+from ..provenance_graph import upstream
+from ..workflow_runner import load_workflow
+from .history import history_error
+from .protocol import HttpError, bad_request
 
 Dirs = Callable[[], Sequence[Path]]
 
@@ -59,3 +70,82 @@ def listing(dirs: Dirs) -> dict:
         faces.append({"name": name, "face_reference": fl.REFERENCE_PREFIX + name,
                       **{k: record.get(k) for k in ("description", "seed", "engine", "created", "analyzer")}})
     return {"faces": faces}
+
+
+def entry(name: str, dirs: Dirs) -> dict:
+    folders = list(dirs())
+    return next(f for f in listing(lambda: folders)["faces"] if f["name"] == name)
+
+
+MAX_SIZE = 2048  # Create Face's size widget's maximum
+
+
+def _creation_request(body: object) -> tuple[str, int, fl.Description, int, bool]:
+    if not isinstance(body, dict):
+        raise bad_request('The body must be a JSON object: {"name": ..., "seed": ..., "description": {...}}.')
+    unknown = sorted(set(body) - {"name", "seed", "description", "size", "overwrite"})
+    if unknown:
+        raise bad_request(f"Unknown field(s) {', '.join(unknown)}: the fields are name, seed, description, size, "
+                          "overwrite.")
+    described = body.get("description", {})
+    names = [f.name for f in fields(fl.Description)]
+    if not isinstance(described, dict) or set(described) - set(names):
+        raise bad_request(f"description must be an object with the fields {', '.join(names)}.")
+    seed, size, overwrite = body.get("seed", c.SEED.default), body.get("size", 0), body.get("overwrite", False)
+    try:
+        name = fl.check_name(body.get("name"))
+        c.check(c.SEED, seed)
+        description = fl.Description(**described)
+        description.check()
+    except (InputValidationError, TypeError) as exc:
+        raise bad_request(str(exc)) from None
+    if not isinstance(overwrite, bool):
+        raise bad_request("overwrite must be true or false.")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE or size % 16:
+        raise bad_request(f"size={size!r}: give a multiple of 16 from 0 (the engine's work size) to {MAX_SIZE}.")
+    return name, seed, description, size, overwrite
+
+
+def creation_graph(workflow: Path, name: str, seed: int, description: fl.Description, size: int,
+                   overwrite: bool) -> dict:
+    """Create Face -> Save Face on the loaders (and what they take) of ``workflow``'s sampler and IdentityEncode."""
+    graph = load_workflow(workflow)
+
+    def link(class_type: str, key: str) -> list:
+        return next(n["inputs"][key] for n in graph.values() if n["class_type"] == class_type)
+
+    generator, analyzer = link("ModelSwap_Sampler", "generator"), link("ModelSwap_IdentityEncode", "face_analyzer")
+    needed: dict = {}
+    for source in (generator, analyzer):
+        nid = str(source[0])
+        needed.update({nid: graph[nid], **upstream(graph, nid, tuple(graph[nid]["inputs"]))})
+    return {**needed,
+            "face_create": {"class_type": "ModelSwap_CreateFace", "inputs": {
+                "generator": generator, "face_analyzer": analyzer, **{
+                    k: getattr(description, k) for k in ("person", "age_band", "skin_tone", "ethnicity",
+                                                         "hair_colour", "hair_style")},
+                "description": description.text, "seed": seed, "count": 1, "size": size}},
+            "face_save": {"class_type": "ModelSwap_SaveFace", "inputs": {
+                "faces": ["face_create", 1], "candidate": 1, "name": name, "overwrite": overwrite}}}
+
+
+async def create(backend, workflow: Path, body: object, dirs: Dirs, timeout_s: float = 3600.0) -> dict:
+    """POST /v1/faces: run the creation graph in ComfyUI and answer the saved face's entry."""
+    name, seed, description, size, overwrite = _creation_request(body)
+    if not overwrite and name in fl.list_faces(list(dirs())):
+        raise bad_request(f"A face named {name!r} is already saved: choose another name, or send overwrite: true.")
+    graph = creation_graph(workflow, name, seed, description, size, overwrite)
+    prompt_id = await backend.submit(graph, str(uuid.uuid4()))
+    end, gone = asyncio.get_running_loop().time() + timeout_s, 0
+    while True:
+        state, found = (await backend.states([prompt_id]))[prompt_id]
+        if state == "done":
+            status = (found or {}).get("status", {})
+            if status.get("status_str") != "success":
+                error, message = history_error(status)
+                raise HttpError(400, error, message)
+            return entry(name, dirs)
+        gone = gone + 1 if state == "gone" else 0  # once can be a race between the queue and history reads
+        if gone > 1 or asyncio.get_running_loop().time() > end:
+            raise HttpError(500, "PipelineError", "ComfyUI lost the face creation job; see ComfyUI's log.")
+        await asyncio.sleep(0.2)
