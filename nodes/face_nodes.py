@@ -129,15 +129,9 @@ class SaveFace(io.ComfyNode):
 
 def _models_upstream(graph, node_id) -> tuple:
     """The models feeding the save node (their licences go into the picture's provenance record)."""
-    from .pipeline import model_files
-    from .pipeline.provenance import ModelUse
-    from .provenance_graph import upstream
-    from .workflow_runner import required_models
+    from .provenance_graph import models_of, upstream
 
-    nodes = upstream(graph or {}, str(node_id), inputs=("faces",))
-    return tuple(ModelUse(name=name, title=model_files.MODELS[key].title, licence=model_files.MODELS[key].licence,
-                          non_commercial=model_files.MODELS[key].non_commercial)
-                 for key, name in required_models(nodes))
+    return models_of(upstream(graph or {}, str(node_id), inputs=("faces",)))
 
 
 class LoadFace(io.ComfyNode):

@@ -88,6 +88,13 @@ def _resolved(engine: str | None, steps, refine_steps, work_size) -> tuple:
             preset.refine_work_size if work_size is not None else None)
 
 
+def models_of(nodes: dict[str, dict]) -> tuple[ModelUse, ...]:
+    """Every model the loaders among ``nodes`` name, with the registry's title and licence."""
+    return tuple(ModelUse(name=name, title=model_files.MODELS[key].title, licence=model_files.MODELS[key].licence,
+                          non_commercial=model_files.MODELS[key].non_commercial)
+                 for key, name in required_models(nodes))
+
+
 def record_for(graph: dict, node_id: str, *, record_prompt: bool = False) -> GraphRecord | None:
     """The provenance of what save node ``node_id`` of ``graph`` writes; None when no sampler of the
     pack is upstream (the images were not made by the pack: nothing to declare)."""
@@ -107,9 +114,7 @@ def record_for(graph: dict, node_id: str, *, record_prompt: bool = False) -> Gra
         _int(refine_inputs.get("work_size")) if refined else None)
     prompt = inputs.get("prompt")
     encode = _one(nodes, "ModelSwap_IdentityEncode")
-    models = tuple(ModelUse(name=name, title=model_files.MODELS[key].title, licence=model_files.MODELS[key].licence,
-                            non_commercial=model_files.MODELS[key].non_commercial)
-                   for key, name in required_models(nodes))
+    models = models_of(nodes)
     record = Record(
         source_type=COMPOSITE, engine=engine, models=models, seed=_int(inputs.get("seed")),
         generation_mode=generation_mode(engine, steps, refine_steps, work_size), steps=steps,

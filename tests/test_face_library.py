@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+import provenance_check as pc
 import saved_faces
 import tiny_klein
 import tiny_opencv_faces as tiny
@@ -116,12 +117,15 @@ def test_face_created_on_tiny_klein_saved_listed_and_loaded(klein, tmp_path):
     assert fl.load_face([lib], "Kofi").record["seed"] == 11
 
 
-def test_saved_picture_is_marked_trained_algorithmic_media(klein, tmp_path):
+def test_saved_picture_is_marked_trained_algorithmic_media_read_by_exiftool(klein, tmp_path):
     face = fl.create_faces(klein, OneFace(), fl.Description(), seed=2, count=1, size=64)[0]
-    data = fl.picture_bytes([fl.save_face([tmp_path], "gen", face).parent], "gen")
-    text = data.decode("latin-1")
-    assert f'DigitalSourceType="{provenance.TRAINED}"' in text
-    assert 'modelswap:Engine="flux2_klein"' in text and 'modelswap:Seed="2"' in text
+    models = (provenance.ModelUse("flux-2-klein-4b.safetensors", "FLUX.2 klein", "Apache-2.0", False),)
+    data = fl.picture_bytes([fl.save_face([tmp_path], "gen", face, models=models).parent], "gen")
+    tags = pc.exif_xmp(data)
+    assert tags["XMP-iptcExt:DigitalSourceType"] == pc.TRAINED == provenance.TRAINED
+    assert (tags["XMP-modelswap:Engine"], tags["XMP-modelswap:Seed"]) == ("flux2_klein", 2)
+    assert tags["XMP-modelswap:NonCommercialWeights"] is False
+    assert [m["Name"] for m in tags["XMP-modelswap:Models"]] == ["flux-2-klein-4b.safetensors"]
 
 
 def test_real_analyser_accepts_one_clear_face_and_refuses_two_or_a_small_one(analyzer):

@@ -17,6 +17,7 @@ from comfyui_model_swap.nodes.fashn_api import faces
 from comfyui_model_swap.nodes.fashn_api.protocol import HttpError, parse_run_request
 from comfyui_model_swap.nodes.pipeline import face_library as fl
 from comfyui_model_swap.nodes.pipeline import face_opencv
+from comfyui_model_swap.nodes.provenance_graph import models_of, upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -132,6 +133,11 @@ def test_api_face_creation_graph_uses_the_api_workflows_loaders_and_checks_the_r
     assert all(str(create[k][0]) in graph for k in ("generator", "face_analyzer"))
     assert graph["face_save"]["inputs"] == {"faces": ["face_create", 1], "candidate": 1, "name": "New Face",
                                             "overwrite": False}
+    # what Save Face writes into the picture's provenance: the models upstream of its faces, with licences
+    models = models_of(upstream(graph, "face_save", ("faces",)))
+    assert {m.name for m in models} == {"flux-2-klein-4b.safetensors", "qwen_3_4b.safetensors", "flux2-vae.safetensors",
+                                        "face_detection_yunet_2023mar.onnx", "face_recognition_sface_2021dec.onnx"}
+    assert not any(m.non_commercial for m in models)
     for body, words in (({"name": "../x"}, "is not allowed"), ({"name": "a", "colour": 1}, "Unknown field"),
                         ({"name": "a", "description": {"eyes": "green"}}, "description must be"),
                         ({"name": "a", "description": {"skin_tone": "green"}}, "skin_tone='green'"),
