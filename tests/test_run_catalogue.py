@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,7 @@ def test_a_set_is_made_killed_halfway_resumed_and_rerun_without_generation(photo
         assert records[name]["prompt_id"] == r["prompt_id"] and records[name]["finished_at"] == r["finished_at"]
     assert f"12 photos: 10 ok, 1 with a note, 1 failed ({len(done_at_kill)} done before, skipped)" in said, said
     assert "[12/12] 100%" in said and "ETA" in said
+    assert re.search(r"look_\d\d: ok \([0-9.]+ s, step \d+/\d+\)", said), said  # ComfyUI's steps, from its websocket
     for (w, h), i in zip(SIZES, range(10)):
         r = records[f"look_{i:02d}"]
         assert r["outputs"] == [f"look_{i:02d}_1.png"] and r["seed"] == 42 and r["seconds"] > 0

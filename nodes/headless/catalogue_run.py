@@ -14,6 +14,7 @@ import datetime
 import json
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..model_folders import WorkflowError
 from .catalogue import Item, Manifest, Record, image_problem
 from .client import ComfyClient, _failure
 from .graph import Overrides, apply_overrides
+from .progress_ws import StepWatcher
 
 POLL_S = 0.2
 
@@ -53,18 +55,21 @@ class Progress:
         self.done, self.made, self.made_s = 0, 0, 0.0
         self.counts = collections.Counter()
 
-    def finished(self, record: Record | None, seconds: float = 0.0, skipped: bool = False) -> None:
+    def finished(self, record: Record | None, seconds: float = 0.0, skipped: bool = False,
+                 steps: tuple[int, int] | None = None) -> None:
         self.done += 1
         self.counts["skipped" if skipped else record.status] += 1
         if not skipped and record.status != "error":
             self.made, self.made_s = self.made + 1, self.made_s + seconds
         what = "skipped (done before)" if skipped else (
-            f"{record.status}" + (f": {record.error}" if record.error else "") + f" ({seconds:.1f} s)")
+            f"{record.status}" + (f": {record.error}" if record.error else "") + f" ({seconds:.1f} s"
+            + (f", step {steps[0]}/{steps[1]}" if steps else "") + ")")
         self._show(f"{record.name}: {what}", final=True)
 
-    def working(self, name: str, seconds: float) -> None:
+    def working(self, name: str, seconds: float, steps: tuple[int, int] | None = None) -> None:
         if self.tty:
-            self._show(f"now {name} ({seconds:.0f} s)", final=False)
+            self._show(f"now {name}" + (f" step {steps[0]}/{steps[1]}" if steps else "") + f" ({seconds:.0f} s)",
+                       final=False)
 
     def _show(self, tail: str, final: bool) -> None:
         left = self.total - self.done
@@ -118,49 +123,52 @@ def run_catalogue(client: ComfyClient, graph: dict, base: Overrides, items: list
     faces: dict[Path, str] = {}
     last_done = time.monotonic()
 
-    def record(item: Item, status: str, seconds: float, **fields) -> None:
+    def record(item: Item, status: str, seconds: float, steps=None, **fields) -> None:
         r = Record(input=str(item.image), name=item.name, status=status, seconds=round(seconds, 3),
                    face_reference=str(item.face_reference or base.face_reference or ""), finished_at=_now(), **fields)
         manifest.put(r, order)
         summary.counts[status] += 1
-        progress.finished(r, seconds)
+        progress.finished(r, seconds, steps=steps)
 
-    try:
-        while todo or pending:
-            while todo and len(pending) < in_flight:
-                item = todo.popleft()
+    client_id = uuid.uuid4().hex
+    with StepWatcher(client.url, client_id) as watcher:
+        try:
+            while todo or pending:
+                while todo and len(pending) < in_flight:
+                    item = todo.popleft()
+                    try:
+                        pending.append(_queue(client, graph, base, item, faces, client_id))
+                        summary.queued += 1
+                    except WorkflowError as exc:
+                        record(item, "error", 0.0, error=str(exc), seed=item.seed if item.seed is not None else base.seed)
+                if not pending:
+                    continue
+                job = pending[0]
+                entry = _wait(client, job, timeout, progress, max(last_done, job.queued_at), watcher)
+                pending.popleft()
+                now = time.monotonic()
+                seconds, last_done = now - max(last_done, job.queued_at), now
+                status = (entry.get("status") or {})
+                if status.get("status_str") != "success":
+                    record(job.item, "error", seconds, error=f"The workflow failed: {_failure(status)}", seed=job.seed,
+                           prompt_id=job.prompt_id)
+                    continue
                 try:
-                    pending.append(_queue(client, graph, base, item, faces))
-                    summary.queued += 1
+                    outputs, notes = _collect(client, entry, job.item.name, out_dir)
                 except WorkflowError as exc:
-                    record(item, "error", 0.0, error=str(exc), seed=item.seed if item.seed is not None else base.seed)
-            if not pending:
-                continue
-            job = pending[0]
-            entry = _wait(client, job, timeout, progress, max(last_done, job.queued_at))
-            pending.popleft()
-            now = time.monotonic()
-            seconds, last_done = now - max(last_done, job.queued_at), now
-            status = (entry.get("status") or {})
-            if status.get("status_str") != "success":
-                record(job.item, "error", seconds, error=f"The workflow failed: {_failure(status)}", seed=job.seed,
-                       prompt_id=job.prompt_id)
-                continue
-            try:
-                outputs, notes = _collect(client, entry, job.item.name, out_dir)
-            except WorkflowError as exc:
-                record(job.item, "error", seconds, error=str(exc), seed=job.seed, prompt_id=job.prompt_id)
-                continue
-            record(job.item, "note" if notes else "ok", seconds, outputs=outputs, notes=notes, seed=job.seed,
-                   prompt_id=job.prompt_id)
-    except KeyboardInterrupt:
-        _forget(client, [job.prompt_id for job in pending])
-        raise
+                    record(job.item, "error", seconds, error=str(exc), seed=job.seed, prompt_id=job.prompt_id)
+                    continue
+                record(job.item, "note" if notes else "ok", seconds, outputs=outputs, notes=notes, seed=job.seed,
+                       prompt_id=job.prompt_id, steps=watcher.steps(job.prompt_id))
+        except KeyboardInterrupt:
+            _forget(client, [job.prompt_id for job in pending])
+            raise
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _queue(client: ComfyClient, graph: dict, base: Overrides, item: Item, faces: dict[Path, str]) -> _Job:
+def _queue(client: ComfyClient, graph: dict, base: Overrides, item: Item, faces: dict[Path, str],
+           client_id: str) -> _Job:
     problem = image_problem(Path(item.image))
     if problem:
         raise WorkflowError(f"{problem}: replace or remove it, then run the same command again.")
@@ -179,17 +187,18 @@ def _queue(client: ComfyClient, graph: dict, base: Overrides, item: Item, faces:
                              "filename_prefix": f"catalogue/{item.name}"})
     job = apply_overrides(graph, overrides, uploaded)
     seeds = [n["inputs"].get("seed") for n in job.values() if n["class_type"].endswith("_Sampler")]
-    return _Job(item, client.queue(job), seeds[0] if seeds else overrides.seed, time.monotonic())
+    return _Job(item, client.queue(job, client_id), seeds[0] if seeds else overrides.seed, time.monotonic())
 
 
-def _wait(client: ComfyClient, job: _Job, timeout: float, progress: Progress, since: float) -> dict:
+def _wait(client: ComfyClient, job: _Job, timeout: float, progress: Progress, since: float,
+          watcher: StepWatcher) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         entry = client.get_json(f"/history/{job.prompt_id}").get(job.prompt_id)
         status = (entry or {}).get("status", {})
         if status.get("completed") or status.get("status_str") == "error":
             return entry
-        progress.working(job.item.name, time.monotonic() - since)
+        progress.working(job.item.name, time.monotonic() - since, watcher.steps(job.prompt_id))
         time.sleep(POLL_S)
     raise WorkflowError(f"{job.item.name} did not finish within {timeout:.0f} s (--timeout).")
 

@@ -82,8 +82,8 @@ class ComfyClient:
         answer = json.loads(self._call("POST", "/upload/image", body, {"Content-Type": content_type}))
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 
-    def queue(self, graph: dict) -> str:
-        body = json.dumps({"prompt": graph, "client_id": uuid.uuid4().hex}).encode()
+    def queue(self, graph: dict, client_id: str | None = None) -> str:
+        body = json.dumps({"prompt": graph, "client_id": client_id or uuid.uuid4().hex}).encode()
         return json.loads(self._call("POST", "/prompt", body, {"Content-Type": "application/json"}))["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float) -> dict:
