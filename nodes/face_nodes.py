@@ -19,6 +19,7 @@ from .pipeline.prompting import AGE_BANDS, HAIR_COLOURS, SKIN_TONES
 
 FacesType = io.Custom("MODELSWAP_FACES")
 log = logging.getLogger("comfyui_model_swap")
+NO_FACES = "(no saved faces)"  # Load Face's only choice while the library is empty
 
 
 def library_dirs() -> list[Path]:
@@ -144,13 +145,16 @@ class LoadFace(io.ComfyNode):
             category=glue.CATEGORY,
             description="A face saved in the face library (ComfyUI/models/modelswap_faces/), as an image for "
                         "IdentityEncode's face_reference.",
-            inputs=[io.Combo.Input("name", options=names or ["(no saved faces)"],
+            inputs=[io.Combo.Input("name", options=names or [NO_FACES],
                                    tooltip="A saved face (Save Face writes them; refresh the page after saving).")],
             outputs=[io.Image.Output("face", tooltip="The saved face picture, for IdentityEncode's face_reference.")],
         )
 
     @classmethod
     def validate_inputs(cls, name):
+        if name == NO_FACES:
+            return (f"No face is saved in {', '.join(map(str, library_dirs()))}: make one with Create Face + Save Face, "
+                    "then refresh the page.")
         try:
             fl.face_folder(library_dirs(), name)
         except ValueError as exc:

@@ -137,9 +137,13 @@ def list_faces(dirs: Sequence[Path]) -> list[str]:
     found = set()
     for folder in map(Path, dirs):
         if folder.is_dir():
-            found.update(p.name for p in folder.iterdir()
-                         if p.is_dir() and _NAME.match(p.name) and (p / PICTURE).is_file() and (p / RECORD).is_file())
+            found.update(p.name for p in folder.iterdir() if _NAME.match(p.name) and _is_face(folder, p))
     return sorted(found, key=str.lower)
+
+
+def _is_face(folder: Path, path: Path) -> bool:
+    """A complete face folder directly inside ``folder`` (a link out of the library does not count)."""
+    return (path / PICTURE).is_file() and (path / RECORD).is_file() and path.resolve().parent == folder.resolve()
 
 
 def _missing(name: str, dirs: Sequence[Path]) -> InputValidationError:
@@ -153,10 +157,8 @@ def face_folder(dirs: Sequence[Path], name: str) -> Path:
     """The folder of saved face ``name`` (checked), else an error listing what exists."""
     check_name(name)
     for folder in map(Path, dirs):
-        path = folder / name
-        if (path / PICTURE).is_file() and (path / RECORD).is_file() \
-                and path.resolve().parent == folder.resolve():  # a link out of the library does not count
-            return path
+        if _is_face(folder, folder / name):
+            return folder / name
     raise _missing(name, dirs)
 
 
