@@ -72,16 +72,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def saved_face(wr, name: str, comfyui: Path | None, comfy_args: list[str], models_dirs: list[Path]) -> Path:
-    """The picture of saved face ``name``, looked up in the face library of ComfyUI's model folders."""
-    fl = importlib.import_module("comfyui_model_swap.nodes.pipeline.face_library")
-    fl.check_name(name)
-    if not (comfyui or models_dirs or wr.comfy_args_value(comfy_args, "--base-directory")):
-        raise wr.WorkflowError(f"the face library is in ComfyUI's models folder ({fl.FOLDER}/): give --comfyui, "
-                               "or --models-dir with the models folder of the ComfyUI at --server")
-    return fl.face_folder(wr.model_folders(comfyui, comfy_args, models_dirs).dirs(fl.FOLDER), name) / fl.PICTURE
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, comfy_args = split_comfy_args(argv)
@@ -100,7 +90,7 @@ def main(argv=None) -> int:
             print("error: give --face NAME or --face-reference FILE, not both", file=sys.stderr)
             return wr.EXIT_USAGE
         try:
-            args.face_reference = saved_face(wr, args.face, args.comfyui, comfy_args, args.models_dir)
+            args.face_reference = wr.saved_face(args.face, args.comfyui, comfy_args, args.models_dir)
         except (wr.WorkflowError, ValueError) as exc:
             print(f"error: --face: {exc}", file=sys.stderr)
             return wr.EXIT_USAGE
