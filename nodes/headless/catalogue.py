@@ -157,7 +157,8 @@ class Manifest:
     def finished(self, item: Item) -> Record | None:
         """The record of ``item`` when a rerun can skip it: done, from the same input, outputs present."""
         record = self.records.get(item.name)
-        if record is None or record.status not in DONE or record.input != str(item.image) or not record.outputs:
+        if record is None or record.status not in DONE or not record.outputs or \
+                Path(record.input).resolve() != Path(item.image).resolve():
             return None
         return record if all((self.out_dir / f).is_file() for f in record.outputs) else None
 
