@@ -19,6 +19,7 @@ from comfyui_model_swap.nodes.pipeline import pipeline as stages
 from comfyui_model_swap.nodes.pipeline.engines import capabilities, flux2_klein
 from comfyui_model_swap.nodes.pipeline.errors import InputValidationError
 from comfyui_model_swap.nodes.pipeline.images import SIDE_MULTIPLE
+from comfyui_model_swap.nodes.pipeline.loading import ModelChoice, load_pipeline
 
 FASHN_RATIOS = ("21:9", "1:1", "4:3", "3:2", "2:3", "5:4", "4:5", "3:4", "16:9", "9:16")  # its SDK's list
 
@@ -122,10 +123,20 @@ def test_original_leaves_the_frame_alone_and_an_engine_without_outpainting_is_re
         stages.validate_options(stages.SwapOptions(aspect_ratio="5:7"))
 
 
+def _klein(tmp_path_factory, tiny_models_dir):
+    return flux2_klein.load(flux2_klein.Files(folder=tiny_klein.build_once(tmp_path_factory)["folder"]), device="cpu")
+
+
+def _sdxl(tmp_path_factory, tiny_models_dir):
+    return load_pipeline([tiny_models_dir], ModelChoice(parser=None, insightface=None), device="cpu").engine
+
+
 @pytest.mark.usefixtures("one_torch_thread")
-def test_tiny_klein_outpaints_a_wider_canvas_and_keeps_the_photo_exact(tmp_path_factory):
-    engine = flux2_klein.load(flux2_klein.Files(folder=tiny_klein.build_once(tmp_path_factory)["folder"]),
-                              device="cpu")
+@pytest.mark.parametrize("load", [_klein, _sdxl], ids=["flux2_klein", "sdxl"])
+def test_a_real_tiny_engine_outpaints_a_wider_canvas_and_keeps_the_photo_exact(load, tmp_path_factory,
+                                                                               tiny_models_dir):
+    engine = load(tmp_path_factory, tiny_models_dir)
+    assert engine.capabilities.outpaint
     photo = tiny_models.fashion_photo(96)
     pipe = stages.ModelSwapPipeline(engine, parser=ColourParser())
     result = pipe.run(photo, stages.SwapOptions(aspect_ratio="16:9", steps=2, refine_faces=False))
