@@ -137,8 +137,8 @@ def test_real_analyser_accepts_one_clear_face_and_refuses_two_or_a_small_one(ana
     request = drawer.requests[0]
     assert request.seeds == (9, 10, 11) and request.strength == 1.0
     assert np.all(request.mask == 1.0) and np.all(request.image == request.image[0, 0])  # plain canvas, all redrawn
-    assert all("facing the camera" in p and "plain light grey background" in p and "grey eyes" in p
-               for p in request.prompts)
+    assert all(p.startswith(fl.FRAMING) and "grey eyes" in p for p in request.prompts)  # framing first (CLIP: 77)
+    assert "facing the camera" in fl.FRAMING and "plain light grey background" in fl.FRAMING
     with pytest.raises(NoFaceError, match=r"Candidate 1 \(seed 9\): the face analyser found 2 faces"):
         fl.create_faces(saved_faces.FaceDrawer(squares=2), analyzer, fl.Description(), 9, 1, size=saved_faces.SIDE)
     with pytest.raises(NoFaceError, match="too small for a face reference"):

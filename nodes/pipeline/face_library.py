@@ -42,6 +42,8 @@ RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt
 AUTO = "auto"  # a description field drawn from the seed
 PERSONS = ("woman", "man", "person")
 COUNT = c.Param("count", int, 1, (1, 4), meaning="How many candidate faces to make, 1 to 4 (candidate i uses seed + i).")
+FRAMING = ("head-and-shoulders studio portrait photo facing the camera, looking into the lens, face large and "
+           "centred, plain light grey background, soft even neutral light")
 MIN_FACE_FRACTION = 0.2  # the face box's width must be at least this share of the picture's width
 OTHER_FACE_SHARE = 0.1  # a second face at least this share of the main face's area makes the candidate unclear
 
@@ -85,9 +87,9 @@ class Description:
         who = (f"a {self.ethnicity} {self.person} in {pronoun} {self.age_band} with {self.skin_tone} skin and "
                f"{self.hair_colour} {self.hair_style} hair")
         extra = f", {self.text.strip()}" if self.text.strip() else ""
-        return (f"photorealistic head-and-shoulders portrait photograph of {who}{extra}, facing the camera straight "
-                "on, looking into the lens, neutral expression, even soft neutral studio light, plain light grey "
-                "background, the face large and centred in the frame, natural skin texture, sharp focus")
+        # The framing first: CLIP (SDXL) reads only 77 tokens, and a portrait that is not front-facing on a plain
+        # background is of no use as a face reference.
+        return (f"{FRAMING}, {who}{extra}, neutral expression, natural skin texture, photorealistic, sharp focus")
 
 
 @dataclass(frozen=True)
