@@ -4,6 +4,12 @@
         [--comfyui PATH/TO/ComfyUI | --server http://127.0.0.1:8188] [--face-reference face.jpg] \\
         [--seed 42] [--prompt TEXT] [--num-images 1] [--mode fast|balanced|quality] [--set NODE.INPUT=VALUE] \\
         [--in-flight 2] [-- EXTRA COMFYUI FLAGS, e.g. --cpu]
+    python scripts/run_catalogue.py PHOTOS --api http://127.0.0.1:8188 --out results/ [--api-key KEY] \
+        [--seed 42] [--prompt TEXT] [--mode fast] [--face-reference face.jpg] [--in-flight 4]
+
+With --api the set goes through the pack's FASHN-compatible HTTP API (the server's own workflow; --mode
+is its generation_mode) with at most --in-flight predictions open; a Redis cluster of servers spreads
+them over its GPUs. Outputs, manifest, resume and contact sheet are the same.
 
 PHOTOS is a folder (its .png/.jpg/.jpeg/.webp/.bmp/.tif files), a quoted glob ("shoot/*.jpg") or a CSV
 manifest with a header row and the columns image (required), face_reference, seed, prompt, output
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +44,8 @@ from run_workflow import _runner  # noqa: E402
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workflow", type=Path, help="an API-format workflow (workflows/api/*_api.json or 'Export (API)')")
+    ap.add_argument("workflow", type=Path, nargs="?",
+                    help="an API-format workflow (workflows/api/*_api.json or 'Export (API)'); none with --api")
     ap.add_argument("photos", help="a folder of photos, a quoted glob, or a CSV manifest")
     ap.add_argument("--out", type=Path, required=True, help="folder for the outputs, manifest and contact sheet")
     ap.add_argument("--face-reference", type=Path, help="one face for every photo (a CSV row's own wins)")
@@ -54,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="URL of a running ComfyUI, e.g. http://127.0.0.1:8188")
     where.add_argument("--comfyui", type=Path, help="a ComfyUI folder to start headless once for the whole set")
+    where.add_argument("--api", metavar="URL",
+                       help="send the set through the FASHN-compatible API at URL (this pack in a running ComfyUI, "
+                            "or any of a Redis cluster's) instead of a workflow; --in-flight predictions at once")
+    ap.add_argument("--api-key", default=os.environ.get("MODELSWAP_API_KEY") or os.environ.get("FASHN_API_KEY"),
+                    help="the API's key (default: $MODELSWAP_API_KEY or $FASHN_API_KEY)")
     ap.add_argument("--models-dir", type=Path, action="append", default=[],
                     help="models folder(s) to check before starting (default with --comfyui: ComfyUI's own)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one photo may take")
@@ -74,6 +87,10 @@ def main(argv=None, stream=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return wr.EXIT_USAGE
 
+    if args.api:
+        return _api_run(args, comfy_args, wr, cat, sheet, usage, stream)
+    if args.workflow is None:
+        return usage("give the workflow to run (e.g. workflows/api/model_swap_api.json), or --api URL")
     if comfy_args and not args.comfyui:
         return usage("ComfyUI flags after '--' need --comfyui (a running --server has its own)")
     if not args.workflow.is_file():
@@ -126,6 +143,43 @@ def main(argv=None, stream=None) -> int:
         print(f"\nInterrupted: run the same command again to finish the rest (results so far: "
               f"{args.out / 'manifest.csv'}).", file=sys.stderr)
         return 130
+    print(f"{summary.line()}; manifest: {args.out / 'manifest.csv'}; contact sheet: "
+          f"{args.out / 'contact_sheet.html'}", file=stream or sys.stderr)
+    return wr.EXIT_FAILED if summary.failed else 0
+
+
+def _api_run(args, comfy_args, wr, cat, sheet, usage, stream) -> int:
+    """The set through the HTTP API: the server's own workflow; --mode is its generation_mode."""
+    api = importlib.import_module("comfyui_model_swap.nodes.headless.catalogue_api")
+    unused = [flag for flag, value in (("a workflow", args.workflow), ("--set", args.set),
+                                       ("--segmenter", args.segmenter), ("--models-dir", args.models_dir),
+                                       ("flags after '--'", comfy_args)) if value]
+    if unused:
+        return usage(f"--api runs the server's own workflow: leave out {', '.join(unused)}")
+    if args.face_reference is not None and not args.face_reference.is_file():
+        return usage(f"--face-reference {args.face_reference} does not exist")
+    if args.in_flight < 1:
+        return usage("--in-flight must be at least 1")
+    try:
+        items = cat.read_source(args.photos)
+    except wr.WorkflowError as exc:
+        return usage(str(exc))
+    inputs = {"seed": args.seed, "prompt": args.prompt, "num_images": args.num_images,
+              "face_reference_mode": args.face_reference_mode, "generation_mode": args.mode,
+              "face_reference": args.face_reference}
+    print(f"Catalogue: {len(items)} photos -> {args.out} through {args.api}", file=stream or sys.stderr)
+    try:
+        summary = api.run_catalogue_api(args.api, items, args.out, inputs=inputs, api_key=args.api_key,
+                                        concurrency=args.in_flight, timeout=args.timeout, stream=stream)
+    except wr.WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return wr.EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\nInterrupted: run the same command again to finish the rest.", file=sys.stderr)
+        return 130
+    finally:
+        if args.out.is_dir():
+            sheet.write(args.out, items, title=f"Catalogue: {args.photos}")
     print(f"{summary.line()}; manifest: {args.out / 'manifest.csv'}; contact sheet: "
           f"{args.out / 'contact_sheet.html'}", file=stream or sys.stderr)
     return wr.EXIT_FAILED if summary.failed else 0

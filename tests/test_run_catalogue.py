@@ -199,3 +199,29 @@ def test_the_manifest_is_replaced_whole_and_a_finished_photo_needs_its_outputs(t
     assert cat.Manifest(tmp_path).finished(item).outputs == ["p_1.png"]
     assert cat.Manifest(tmp_path).finished(cat.Item(image=tmp_path / "other.png", name="p")) is None
     assert sorted(os.listdir(tmp_path)) == ["manifest.csv", "manifest.json", "p_1.png"]  # no temporary left
+
+
+def test_a_set_through_the_fashn_compatible_api(photos, server, tmp_path):
+    """--api: the same command sends each photo to POST /v1/run (2 open at once) and saves the outputs."""
+    from io import StringIO
+
+    sheet = tmp_path / "set.csv"
+    sheet.write_text(f"image,seed,output\n{photos / 'look_02.jpg'},11,front\n{photos / 'look_03.png'},12,side\n"
+                     f"{photos / 'look_10_broken.png'},13,broken\n")
+    out, stream = tmp_path / "api_out", StringIO()
+    code = run_catalogue.main([str(sheet), "--api", server.url, "--mode", "fast", "--out", str(out)], stream=stream)
+    said = stream.getvalue()
+    assert code == 1 and "3 photos: 2 ok, 0 with a note, 1 failed" in said, said
+    records = _records(out)
+    assert [(records[n]["status"], records[n]["seed"]) for n in ("front", "side", "broken")] == [
+        ("ok", 11), ("ok", 12), ("error", 13)]
+    assert "look_10_broken.png is not a readable image" in records["broken"]["error"]
+    for name, photo in (("front", "look_02.jpg"), ("side", "look_03.png")):
+        with Image.open(out / f"{name}_1.png") as made, Image.open(photos / photo) as given:
+            assert made.size == given.size
+        status = server.get_json(f"/v1/status/{records[name]['prompt_id']}")
+        assert status["status"] == "completed"
+    stream = StringIO()  # resumed: nothing sent again
+    assert run_catalogue.main([str(sheet), "--api", server.url, "--out", str(out)], stream=stream) == 1
+    assert "(2 done before, skipped)" in stream.getvalue()
+    assert run_catalogue.main([str(PLAIN), str(sheet), "--api", server.url, "--out", str(out)]) == 2  # no workflow
