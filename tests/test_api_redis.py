@@ -4,10 +4,11 @@
   accepted and 8 FASHN 429s, 20 times (the accepted ones wait on a URL the test holds, then fail fast);
 - Redis restarted empty (persistence off), once while idle and once while a job runs: predictions sent
   after it run on both instances, and each instance logs one line for the outage and one when it ends;
-- 40 predictions go round-robin to both instances; each ends exactly once (Redis counts every end, and
-  ending is a compare-and-set), either instance answers every status and serves every output, and
-  killing one instance (``kill -9``) while it holds a job loses none: its claim expires after
-  ``MODELSWAP_API_CLAIM_S``, the other instance runs the job, then removes the dead worker from the group.
+- 40 predictions go round-robin to both instances (a 429 from the cap is sent again); each ends exactly
+  once (Redis counts every end, and ending is a compare-and-set), either instance answers every status
+  and serves every output, and killing one instance (``kill -9``) early, while it holds a job, loses
+  none: its claim expires after ``MODELSWAP_API_CLAIM_S``, the other instance runs the job and the
+  predictions still to send, then removes the dead worker from the group.
 
 The instances start once for the module; each holds one job at a time (``MODELSWAP_API_WORKER_SLOTS=1``),
 so two held jobs are one on each instance.
@@ -18,6 +19,7 @@ so two held jobs are one on each instance.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -46,8 +48,8 @@ PREFIX = "msapi-test"
 CAP = 8  # MODELSWAP_API_MAX_IN_FLIGHT of the test cluster
 OUTAGE = "model-swap API: Redis outage for worker"
 BACK = r"model-swap API: Redis at \S+ is back for worker"
-# 512 px: a run that stays processing for a while even with the 4-step klein default
-BIGGER_PHOTO = faceless(PHOTO).repeat(4, axis=0).repeat(4, axis=1)
+# 256 px: a run that stays processing a while (a 128 px one can end between two polls)
+BIGGER_PHOTO = faceless(PHOTO).repeat(2, axis=0).repeat(2, axis=1)
 
 
 class Gate(BaseHTTPRequestHandler):
@@ -123,15 +125,17 @@ def run(server, inputs: dict) -> tuple[int, dict]:
     return raw(server, "POST", "/v1/run", {"model_name": "model-swap", "inputs": {"generation_mode": "fast", **inputs}})
 
 
-def submit(servers, count, url_every=5) -> list[str]:
-    """``count`` cheap predictions, round-robin; every ``url_every``-th asks for URL outputs. A 429 (the
-    cluster's cap) is sent again once a prediction has ended."""
+def submit(servers, count, url_every=5, ids=None, sending=None) -> list[str]:
+    """``count`` cheap predictions, round-robin over ``servers`` (a list that may shrink meanwhile); every
+    ``url_every``-th asks for URL outputs; a 429 (the cluster's cap) is sent again a little later. Each
+    request holds ``sending`` (so an instance is killed only between requests); ids are added to ``ids``."""
     photo = data_uri(png_bytes(faceless(PHOTO)))
-    ids = []
+    ids = [] if ids is None else ids
     for i in range(count):
         while True:
-            code, body = run(servers[i % len(servers)], {"model_image": photo, "seed": 1000 + i,
-                                                         "return_base64": i % url_every != 0})
+            with sending or contextlib.nullcontext():
+                code, body = run(servers[i % len(servers)], {"model_image": photo, "seed": 1000 + i,
+                                                             "return_base64": i % url_every != 0})
             if code != 429:
                 break
             time.sleep(0.2)
@@ -315,26 +319,34 @@ def test_redis_restarted_empty_while_a_job_runs_then_new_predictions_complete_on
 
 def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_killed(cluster):
     redis_server, (first, second) = cluster
-    ended_before = int(redis_server.client.get(f"{PREFIX}:ended") or 0)
-    started = time.monotonic()
-    ids = submit([first, second], PREDICTIONS)
-    victim = consumer_of(first)
-    end = time.monotonic() + 1200  # only against a hang: CPU runs of the tiny models are slow
-    a, b = statuses(first, ids), statuses(second, ids)
-    ended_both = [pid for pid in ids if a[pid]["status"] == "completed" and b[pid]["status"] == "completed"]
-    assert ended_both and all(a[pid] == b[pid] for pid in ended_both)  # either instance answers the same
-    held_ids: set[str] = set()
-    while not held_ids and time.monotonic() < end:  # the first instance holds a job now
+    def ended() -> int:
+        return int(redis_server.client.get(f"{PREFIX}:ended") or 0)
+
+    def held_by_first() -> set[str]:
+        held = set()
         for m in redis_server.client.xpending_range(f"{PREFIX}:jobs", "workers", "-", "+", 100, consumername=victim):
             entry = redis_server.client.xrange(f"{PREFIX}:jobs", m["message_id"], m["message_id"])
-            held_ids.update(e[1][b"id"].decode() for e in entry)
-        if not held_ids and redis_server.client.scard(f"{PREFIX}:unfinished") == 0:
-            break  # every prediction ended already: no job left to hold
-        time.sleep(0.05)
-    assert held_ids, f"the first instance never held a job: {[b['status'] for b in statuses(second, ids).values()]}"
-    first.process.kill()  # kill -9 while it holds jobs
-    first.process.wait()
+            held.update(e[1][b"id"].decode() for e in entry)
+        return held
+
+    ended_before, victim = ended(), consumer_of(first)
+    started = time.monotonic()
+    alive, ids, sending = [first, second], [], threading.Lock()
+    sender = threading.Thread(target=submit, args=(alive, PREDICTIONS, 5, ids, sending), daemon=True)
+    sender.start()  # round-robin, held back by the cap of 8 while the instances work
+    wait_until(lambda: ended() >= ended_before + 2, 1200, "no prediction ended")  # only against a hang
+    sent = list(ids)
+    a, b = statuses(first, sent), statuses(second, sent)
+    ended_both = [pid for pid in sent if a[pid]["status"] == "completed" and b[pid]["status"] == "completed"]
+    assert ended_both and all(a[pid] == b[pid] for pid in ended_both)  # either instance answers the same
+    held_ids = wait_until(held_by_first, 1200, "the first instance never held a job")
+    with sending:  # kill -9 while it holds a job, between two requests; the rest go to the other instance
+        alive.remove(first)
+        first.process.kill()
+        first.process.wait()
     first.stop()
+    sender.join(1200)
+    assert len(ids) == PREDICTIONS, f"only {len(ids)} predictions were accepted"
     finals = wait_all(second, ids)
     elapsed = time.monotonic() - started
     print(f"redis: {PREDICTIONS} predictions on 2 instances (one killed holding {len(held_ids)}) in {elapsed:.1f} s")
@@ -353,6 +365,12 @@ def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_ki
                CLAIM_S + 30, f"the dead worker {victim} is still in the group")
     assert f"removed worker {victim} from the job queue's group" in second.log_text()
     assert [c["pending"] for c in redis_server.client.xinfo_consumers(f"{PREFIX}:jobs", "workers")] in ([], [0])
+    # every key the cluster wrote expires, or is one of the few whose size is bounded (README's table)
+    bounded = {f"{PREFIX}:{name}" for name in ("jobs", "unfinished", "webhooks", "ended", "epoch", "instances")}
+    unbounded = [key for key in redis_server.client.scan_iter(f"{PREFIX}:*")
+                 if key.decode() not in bounded and redis_server.client.pttl(key) < 0]
+    assert unbounded == []
+    wait_until(lambda: redis_server.client.zcard(f"{PREFIX}:instances") == 1, 10, "the dead instance is still listed")
 
 
 def benchmark(count: int = 20) -> None:

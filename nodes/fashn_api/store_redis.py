@@ -186,8 +186,9 @@ class RedisStore:
             log.warning("model-swap API: prediction %s ended, but Redis no longer has its record (Redis restarted "
                         "without persistence, or the record expired): its result is dropped and its id answers 404",
                         prediction.id)
-            if prediction.outputs:
-                await self.redis.delete(*(self.key("out", prediction.id, name) for name in prediction.outputs))
+            if prediction.outputs:  # unreachable without the record; they would only wait for their expiry
+                with contextlib.suppress(*UNREACHABLE):
+                    await self.redis.delete(*(self.key("out", prediction.id, name) for name in prediction.outputs))
         else:
             log.info("model-swap API: prediction %s was already ended by another worker", prediction.id)
         return False
