@@ -12,7 +12,7 @@ is its generation_mode) with at most --in-flight predictions open; a Redis clust
 them over its GPUs. Outputs, manifest, resume and contact sheet are the same.
 
 PHOTOS is a folder (its .png/.jpg/.jpeg/.webp/.bmp/.tif files), a quoted glob ("shoot/*.jpg") or a CSV
-manifest with a header row and the columns image (required), face_reference, seed, prompt, output
+manifest with a header row and the columns image (required), face_reference, seed, prompt, aspect_ratio, output
 (the outputs' file name; default the photo's); paths in it are relative to the CSV's folder, and a
 column's value wins over the command's option for that row.
 
@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-images", type=int)
     ap.add_argument("--prompt")
     ap.add_argument("--face-reference-mode", choices=("match_reference", "match_base"))
+    ap.add_argument("--aspect-ratio", metavar="W:H",
+                    help="a marketplace format for every photo (see run_workflow.py; a CSV row's own wins)")
     ap.add_argument("--mode", choices=("fast", "balanced", "quality"), help="a generation mode (see run_workflow.py)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                     help="set any widget, e.g. ModelSwap_FaceRefine.strength=0.5 (repeatable)")
@@ -103,7 +105,7 @@ def main(argv=None, stream=None) -> int:
         return usage("--in-flight must be at least 1")
     base = wr.Overrides(image=Path("photo"), face_reference=args.face_reference, seed=args.seed,
                         num_images=args.num_images, prompt=args.prompt, face_reference_mode=args.face_reference_mode,
-                        settings=args.set, mode=args.mode)
+                        settings=args.set, mode=args.mode, aspect_ratio=args.aspect_ratio)
     try:
         items = cat.read_source(args.photos)
         graph = wr.load_workflow(args.workflow)
@@ -166,6 +168,7 @@ def _api_run(args, comfy_args, wr, cat, sheet, usage, stream) -> int:
         return usage(str(exc))
     inputs = {"seed": args.seed, "prompt": args.prompt, "num_images": args.num_images,
               "face_reference_mode": args.face_reference_mode, "generation_mode": args.mode,
+              "aspect_ratio": args.aspect_ratio,
               "face_reference": args.face_reference}
     print(f"Catalogue: {len(items)} photos -> {args.out} through {args.api}", file=stream or sys.stderr)
     try:

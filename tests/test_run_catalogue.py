@@ -170,7 +170,10 @@ def test_a_csv_manifest_sets_each_rows_seed_prompt_and_name_and_refuses_unknown_
         (tmp_path / "a.jpg", 7, "a woman", "front_view"), (photos / "look_01.png", None, None, "look_01")]
     sheet.write_text("image,colour,size\na.jpg,red,2\n")
     with pytest.raises(wr.WorkflowError, match="unknown column.*colour, size.*image, face_reference, seed, prompt, "
-                                               "output"):
+                                               "aspect_ratio, output"):
+        cat.read_source(str(sheet))
+    sheet.write_text("image,aspect_ratio\na.jpg,5:9\n")
+    with pytest.raises(wr.WorkflowError, match="line 2: aspect_ratio='5:9' is not a supported aspect ratio"):
         cat.read_source(str(sheet))
     sheet.write_text("image,seed\na.jpg,-3\n")
     with pytest.raises(wr.WorkflowError, match="line 2: seed '-3'"):
@@ -206,8 +209,8 @@ def test_a_set_through_the_fashn_compatible_api(photos, server, tmp_path):
     from io import StringIO
 
     sheet = tmp_path / "set.csv"
-    sheet.write_text(f"image,seed,output\n{photos / 'look_02.jpg'},11,front\n{photos / 'look_03.png'},12,side\n"
-                     f"{photos / 'look_10_broken.png'},13,broken\n")
+    sheet.write_text(f"image,seed,output,aspect_ratio\n{photos / 'look_02.jpg'},11,front,\n"
+                     f"{photos / 'look_03.png'},12,side,1:1\n{photos / 'look_10_broken.png'},13,broken,\n")
     out, stream = tmp_path / "api_out", StringIO()
     code = run_catalogue.main([str(sheet), "--api", server.url, "--mode", "fast", "--out", str(out)], stream=stream)
     said = stream.getvalue()
@@ -216,9 +219,11 @@ def test_a_set_through_the_fashn_compatible_api(photos, server, tmp_path):
     assert [(records[n]["status"], records[n]["seed"]) for n in ("front", "side", "broken")] == [
         ("ok", 11), ("ok", 12), ("error", 13)]
     assert "look_10_broken.png is not a readable image" in records["broken"]["error"]
-    for name, photo in (("front", "look_02.jpg"), ("side", "look_03.png")):
-        with Image.open(out / f"{name}_1.png") as made, Image.open(photos / photo) as given:
-            assert made.size == given.size
+    with Image.open(out / "front_1.png") as made, Image.open(photos / "look_02.jpg") as given:
+        assert made.size == given.size
+    with Image.open(out / "side_1.png") as made:  # the row's marketplace format: 80x112 extended to 1:1
+        assert made.width == made.height >= 112
+    for name in ("front", "side"):
         status = server.get_json(f"/v1/status/{records[name]['prompt_id']}")
         assert status["status"] == "completed"
     stream = StringIO()  # resumed: nothing sent again

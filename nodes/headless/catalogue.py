@@ -19,7 +19,7 @@ from pathlib import Path
 from ..model_folders import WorkflowError
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-CSV_COLUMNS = ("image", "face_reference", "seed", "prompt", "output")  # what a CSV manifest may have
+CSV_COLUMNS = ("image", "face_reference", "seed", "prompt", "aspect_ratio", "output")  # what a CSV manifest may have
 STATUSES = ("ok", "note", "error")  # note: an output was made and ComfyUI said something about it
 DONE = ("ok", "note")  # a rerun skips these when their outputs are still there
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
@@ -34,6 +34,7 @@ class Item:
     face_reference: Path | None = None
     seed: int | None = None
     prompt: str | None = None
+    aspect_ratio: str | None = None  # a marketplace format (GarmentMask's / the API's aspect_ratio)
 
 
 @dataclass
@@ -105,12 +106,20 @@ def read_csv(path: Path) -> list[Item]:
             seed = row.get("seed") or None
             if seed is not None and not re.fullmatch(r"\d+", seed):
                 raise WorkflowError(f"{path}, line {line}: seed {seed!r} is not a whole number >= 0.")
+            ratio = row.get("aspect_ratio") or None
+            if ratio is not None:
+                from ..pipeline.contract import aspect_ratio_problem
+
+                problem = aspect_ratio_problem(ratio)
+                if problem:
+                    raise WorkflowError(f"{path}, line {line}: {problem}")
             image = path.parent / row["image"]
             face = path.parent / row["face_reference"] if row.get("face_reference") else None
             if face is not None and not face.is_file():
                 raise WorkflowError(f"{path}, line {line}: face_reference {face} does not exist.")
             items.append(Item(image=image, name=safe_name(row.get("output") or image.stem), face_reference=face,
-                              seed=int(seed) if seed is not None else None, prompt=row.get("prompt") or None))
+                              seed=int(seed) if seed is not None else None, prompt=row.get("prompt") or None,
+                              aspect_ratio=ratio))
     if not items:
         raise WorkflowError(f"{path} lists no photos.")
     return _unique(items)

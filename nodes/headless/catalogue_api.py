@@ -135,6 +135,8 @@ def _request(item: Item, inputs: dict, seed) -> dict:
         body["seed"] = seed
     if item.prompt is not None:
         body["prompt"] = item.prompt
+    if item.aspect_ratio is not None:
+        body["aspect_ratio"] = item.aspect_ratio
     return {"model_name": "model-swap", "inputs": body}
 
 

@@ -184,6 +184,7 @@ def _queue(client: ComfyClient, graph: dict, base: Overrides, item: Item, faces:
     overrides = Overrides(**{**base.__dict__, "image": Path(item.image), "face_reference": face,
                              "seed": item.seed if item.seed is not None else base.seed,
                              "prompt": item.prompt if item.prompt is not None else base.prompt,
+                             "aspect_ratio": item.aspect_ratio or base.aspect_ratio,
                              "filename_prefix": f"catalogue/{item.name}"})
     job = apply_overrides(graph, overrides, uploaded)
     seeds = [n["inputs"].get("seed") for n in job.values() if n["class_type"].endswith("_Sampler")]
