@@ -12,7 +12,8 @@ is its generation_mode) with at most --in-flight predictions open; a Redis clust
 them over its GPUs. Outputs, manifest, resume and contact sheet are the same.
 
 PHOTOS is a folder (its .png/.jpg/.jpeg/.webp/.bmp/.tif files), a quoted glob ("shoot/*.jpg") or a CSV
-manifest with a header row and the columns image (required), face_reference, seed, prompt, aspect_ratio, output
+manifest with a header row and the columns image (required), face (a saved face's name), face_reference,
+seed, prompt, aspect_ratio, output
 (the outputs' file name; default the photo's); paths in it are relative to the CSV's folder, and a
 column's value wins over the command's option for that row.
 
@@ -49,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("photos", help="a folder of photos, a quoted glob, or a CSV manifest")
     ap.add_argument("--out", type=Path, required=True, help="folder for the outputs, manifest and contact sheet")
     ap.add_argument("--face-reference", type=Path, help="one face for every photo (a CSV row's own wins)")
+    ap.add_argument("--face", metavar="NAME", help="a saved face of the face library for every photo (see "
+                    "run_workflow.py --face; a CSV row's face or face_reference wins)")
     ap.add_argument("--seed", type=int, help="the seed of every photo (a CSV row's own wins)")
     ap.add_argument("--num-images", type=int)
     ap.add_argument("--prompt")
@@ -93,6 +96,8 @@ def main(argv=None, stream=None) -> int:
         return _api_run(args, comfy_args, wr, cat, sheet, usage, stream)
     if args.workflow is None:
         return usage("give the workflow to run (e.g. workflows/api/model_swap_api.json), or --api URL")
+    if args.face is not None and args.face_reference is not None:
+        return usage("give --face NAME or --face-reference FILE, not both")
     if comfy_args and not args.comfyui:
         return usage("ComfyUI flags after '--' need --comfyui (a running --server has its own)")
     if not args.workflow.is_file():
@@ -103,11 +108,15 @@ def main(argv=None, stream=None) -> int:
         return usage(f"--comfyui {args.comfyui} is not a ComfyUI folder (no main.py)")
     if args.in_flight < 1:
         return usage("--in-flight must be at least 1")
+    try:
+        items = cat.read_source(args.photos)
+        _saved_faces(args, items, comfy_args, wr)
+    except (wr.WorkflowError, ValueError) as exc:
+        return usage(str(exc))
     base = wr.Overrides(image=Path("photo"), face_reference=args.face_reference, seed=args.seed,
                         num_images=args.num_images, prompt=args.prompt, face_reference_mode=args.face_reference_mode,
                         settings=args.set, mode=args.mode, aspect_ratio=args.aspect_ratio)
     try:
-        items = cat.read_source(args.photos)
         graph = wr.load_workflow(args.workflow)
         graph = importlib.import_module("comfyui_model_swap.nodes.segmenters").use_segmenter(graph, args.segmenter)
         needs_face = args.face_reference is not None or any(i.face_reference for i in items)
@@ -150,6 +159,22 @@ def main(argv=None, stream=None) -> int:
     return wr.EXIT_FAILED if summary.failed else 0
 
 
+def _saved_faces(args, items, comfy_args, wr) -> None:
+    """Saved faces' names (--face, a CSV's face column) -> their pictures, looked up once each."""
+    names = {args.face, *(item.face for item in items)} - {None}
+    pictures = {}
+    for name in sorted(names):
+        try:
+            pictures[name] = wr.saved_face(name, args.comfyui, comfy_args, args.models_dir)
+        except (wr.WorkflowError, ValueError) as exc:
+            raise wr.WorkflowError(f"face {name!r}: {exc}") from exc
+    if args.face is not None:
+        args.face_reference = pictures[args.face]
+    for item in items:
+        if item.face:
+            item.face_reference = pictures[item.face]
+
+
 def _api_run(args, comfy_args, wr, cat, sheet, usage, stream) -> int:
     """The set through the HTTP API: the server's own workflow; --mode is its generation_mode."""
     api = importlib.import_module("comfyui_model_swap.nodes.headless.catalogue_api")
@@ -166,7 +191,9 @@ def _api_run(args, comfy_args, wr, cat, sheet, usage, stream) -> int:
         items = cat.read_source(args.photos)
     except wr.WorkflowError as exc:
         return usage(str(exc))
-    inputs = {"seed": args.seed, "prompt": args.prompt, "num_images": args.num_images,
+    if args.face is not None and args.face_reference is not None:
+        return usage("give --face NAME or --face-reference FILE, not both")
+    inputs = {"seed": args.seed, "prompt": args.prompt, "num_images": args.num_images, "face": args.face,
               "face_reference_mode": args.face_reference_mode, "generation_mode": args.mode,
               "aspect_ratio": args.aspect_ratio,
               "face_reference": args.face_reference}

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import run_catalogue  # noqa: E402
 
 PLAIN = ROOT / "workflows" / "api" / "model_swap_api.json"
+WITH_REFERENCE = ROOT / "workflows" / "api" / "model_swap_face_reference_api.json"
 FAST = ["--set", "ModelSwap_FaceRefine.work_size=256", "--set", "ModelSwap_Sampler.steps=1",
         "--set", "ModelSwap_FaceRefine.steps=1"]
 SIZES = [(64, 64), (96, 96), (128, 128), (80, 112), (112, 80), (64, 96), (96, 64), (128, 96), (96, 128), (72, 72)]
@@ -169,7 +170,7 @@ def test_a_csv_manifest_sets_each_rows_seed_prompt_and_name_and_refuses_unknown_
     assert [(i.image, i.seed, i.prompt, i.name) for i in items] == [
         (tmp_path / "a.jpg", 7, "a woman", "front_view"), (photos / "look_01.png", None, None, "look_01")]
     sheet.write_text("image,colour,size\na.jpg,red,2\n")
-    with pytest.raises(wr.WorkflowError, match="unknown column.*colour, size.*image, face_reference, seed, prompt, "
+    with pytest.raises(wr.WorkflowError, match="unknown column.*colour, size.*image, face, face_reference, seed, prompt, "
                                                "aspect_ratio, output"):
         cat.read_source(str(sheet))
     sheet.write_text("image,aspect_ratio\na.jpg,5:9\n")
@@ -230,3 +231,32 @@ def test_a_set_through_the_fashn_compatible_api(photos, server, tmp_path):
     assert run_catalogue.main([str(sheet), "--api", server.url, "--out", str(out)], stream=stream) == 1
     assert "(2 done before, skipped)" in stream.getvalue()
     assert run_catalogue.main([str(PLAIN), str(sheet), "--api", server.url, "--out", str(out)]) == 2  # no workflow
+
+
+def test_saved_faces_by_name_and_face_references_by_file_in_one_csv(photos, server, tiny_models_dir, tmp_path,
+                                                                    capsys):
+    """The CSV's face column takes a saved face of the library (looked up in --models-dir), face_reference a
+    picture; a name that is not saved stops the command before anything runs, listing what is saved."""
+    from io import StringIO
+
+    library = tmp_path / "more_models"
+    saved = library / "modelswap_faces" / "Anna"
+    saved.mkdir(parents=True)
+    Image.fromarray(tiny_models.astronaut(128)).save(saved / "face.png")
+    (saved / "face.json").write_text(json.dumps({"name": "Anna"}))
+    Image.fromarray(tiny_models.astronaut(128)).save(tmp_path / "ref.png")
+    sheet = tmp_path / "faces.csv"
+    sheet.write_text(f"image,face,face_reference,seed\n{photos / 'look_04.jpg'},Anna,,21\n"
+                     f"{photos / 'look_05.png'},,ref.png,22\n")
+    out, stream = tmp_path / "faces_out", StringIO()
+    command = [str(WITH_REFERENCE), str(sheet), "--out", str(out), "--server", server.url, *FAST,
+               "--models-dir", str(tiny_models_dir), "--models-dir", str(library)]
+    assert run_catalogue.main(command, stream=stream) == 0, stream.getvalue()
+    records = _records(out)
+    assert (records["look_04"]["face"], Path(records["look_04"]["face_reference"])) == ("Anna", saved / "face.png")
+    assert (records["look_05"]["face"], records["look_05"]["face_reference"]) == ("", str(tmp_path / "ref.png"))
+    assert all(r["status"] == "ok" and len(r["outputs"]) == 1 for r in records.values())
+    sheet.write_text(f"image,face\n{photos / 'look_04.jpg'},Bob\n")
+    code = run_catalogue.main([*command[:2], "--out", str(tmp_path / "none"), *command[4:]])
+    assert code == wr.EXIT_USAGE and not (tmp_path / "none").exists()
+    assert "face 'Bob'" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..model_folders import WorkflowError
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-CSV_COLUMNS = ("image", "face_reference", "seed", "prompt", "aspect_ratio", "output")  # what a CSV manifest may have
+CSV_COLUMNS = ("image", "face", "face_reference", "seed", "prompt", "aspect_ratio", "output")  # what a CSV manifest may have
 STATUSES = ("ok", "note", "error")  # note: an output was made and ComfyUI said something about it
 DONE = ("ok", "note")  # a rerun skips these when their outputs are still there
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
@@ -32,6 +32,7 @@ class Item:
     image: Path
     name: str  # the outputs' file stem, unique in the set
     face_reference: Path | None = None
+    face: str | None = None  # a saved face's name (the face library); the runner finds its picture
     seed: int | None = None
     prompt: str | None = None
     aspect_ratio: str | None = None  # a marketplace format (GarmentMask's / the API's aspect_ratio)
@@ -46,6 +47,7 @@ class Record:
     outputs: list[str] = field(default_factory=list)  # file names inside the output folder
     seed: int | None = None
     face_reference: str = ""
+    face: str = ""
     error: str = ""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -115,9 +117,13 @@ def read_csv(path: Path) -> list[Item]:
                     raise WorkflowError(f"{path}, line {line}: {problem}")
             image = path.parent / row["image"]
             face = path.parent / row["face_reference"] if row.get("face_reference") else None
+            if face is not None and row.get("face"):
+                raise WorkflowError(f"{path}, line {line}: give face (a saved face's name) or face_reference (a "
+                                    "picture), not both.")
             if face is not None and not face.is_file():
                 raise WorkflowError(f"{path}, line {line}: face_reference {face} does not exist.")
             items.append(Item(image=image, name=safe_name(row.get("output") or image.stem), face_reference=face,
+                              face=row.get("face") or None,
                               seed=int(seed) if seed is not None else None, prompt=row.get("prompt") or None,
                               aspect_ratio=ratio))
     if not items:
@@ -179,11 +185,11 @@ class Manifest:
         _replace(self.out_dir / MANIFEST_JSON, json.dumps({"photos": [asdict(r) for r in rows]}, indent=1))
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["input", "name", "status", "outputs", "seed", "face_reference", "error", "notes",
+        writer.writerow(["input", "name", "status", "outputs", "seed", "face", "face_reference", "error", "notes",
                          "seconds", "prompt_id", "finished_at"])
         for r in rows:
             writer.writerow([r.input, r.name, r.status, " ".join(r.outputs), "" if r.seed is None else r.seed,
-                             r.face_reference, r.error, " ".join(r.notes), f"{r.seconds:.2f}", r.prompt_id,
+                             r.face, r.face_reference, r.error, " ".join(r.notes), f"{r.seconds:.2f}", r.prompt_id,
                              r.finished_at])
         _replace(self.out_dir / MANIFEST_CSV, text.getvalue())
 

@@ -63,8 +63,8 @@ def run_catalogue_api(url: str, items: list[Item], out_dir: Path, *, inputs: dic
 
     def record(item: Item, status: str, seconds: float, **fields) -> None:
         r = Record(input=str(item.image), name=item.name, status=status, seconds=round(seconds, 3),
-                   face_reference=str(item.face_reference or inputs.get("face_reference") or ""), finished_at=_now(),
-                   **fields)
+                   face_reference=str(item.face_reference or inputs.get("face_reference") or ""),
+                   face=item.face or inputs.get("face") or "", finished_at=_now(), **fields)
         manifest.put(r, order)
         summary.counts[status] += 1
         progress.finished(r, seconds)
@@ -126,10 +126,13 @@ def _request(item: Item, inputs: dict, seed) -> dict:
     problem = image_problem(Path(item.image))
     if problem:
         raise WorkflowError(f"{problem}: replace or remove it, then run the same command again.")
-    body = {k: v for k, v in inputs.items() if v is not None and k != "face_reference"}
-    face = item.face_reference or inputs.get("face_reference")
+    body = {k: v for k, v in inputs.items() if v is not None and k not in ("face_reference", "face")}
     body.update(model_image=data_uri(item.image), return_base64=True, output_format="png")
-    if face is not None:
+    name = item.face or (None if item.face_reference else inputs.get("face"))
+    face = item.face_reference or (None if item.face else inputs.get("face_reference"))
+    if name:  # the API's local extension: a saved face of the server's library
+        body["face_reference"] = f"face:{name}"
+    elif face is not None:
         body["face_reference"] = data_uri(Path(face))
     if seed is not None:
         body["seed"] = seed

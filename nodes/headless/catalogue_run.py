@@ -125,7 +125,8 @@ def run_catalogue(client: ComfyClient, graph: dict, base: Overrides, items: list
 
     def record(item: Item, status: str, seconds: float, steps=None, **fields) -> None:
         r = Record(input=str(item.image), name=item.name, status=status, seconds=round(seconds, 3),
-                   face_reference=str(item.face_reference or base.face_reference or ""), finished_at=_now(), **fields)
+                   face_reference=str(item.face_reference or base.face_reference or ""), face=item.face or "",
+                   finished_at=_now(), **fields)
         manifest.put(r, order)
         summary.counts[status] += 1
         progress.finished(r, seconds, steps=steps)

@@ -64,8 +64,8 @@ def _row(out_dir: Path, item: Item, r, status: str) -> tuple[str, str]:
     details = [f"<div class='st'>{html.escape(status)}</div>"]
     if r is not None:
         details.append(f"<div>seed {r.seed if r.seed is not None else '-'}, {r.seconds:.1f} s</div>")
-        if r.face_reference:
-            details.append(f"<div>face: {html.escape(Path(r.face_reference).name)}</div>")
+        if r.face or r.face_reference:
+            details.append(f"<div>face: {html.escape(r.face or Path(r.face_reference).name)}</div>")
         if r.error:
             details.append(f"<div class='err'>{html.escape(r.error)}</div>")
         details.extend(f"<div class='note'>{html.escape(n)}</div>" for n in r.notes)
