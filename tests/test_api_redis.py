@@ -48,21 +48,21 @@ PREFIX = "msapi-test"
 CAP = 8  # MODELSWAP_API_MAX_IN_FLIGHT of the test cluster
 OUTAGE = "model-swap API: Redis outage for worker"
 BACK = r"model-swap API: Redis at \S+ is back for worker"
-# 256 px: a run that stays processing a while (a 128 px one can end between two polls)
-BIGGER_PHOTO = faceless(PHOTO).repeat(2, axis=0).repeat(2, axis=1)
 
 
 class Gate(BaseHTTPRequestHandler):
-    """Loopback image host: answers only once ``opened`` is set; /png/... with the photo, else 404."""
+    """Loopback image host: /busy/... answers once ``busy`` is set, the rest once ``opened`` is set;
+    /png/... and /busy/... with the photo, anything else 404."""
 
     opened = threading.Event()
+    busy = threading.Event()
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        Gate.opened.wait(120)
-        if not self.path.startswith("/png/"):
+        (Gate.busy if self.path.startswith("/busy/") else Gate.opened).wait(120)
+        if not self.path.startswith(("/png/", "/busy/")):
             self.send_error(404)
             return
         body = png_bytes(faceless(PHOTO))
@@ -79,6 +79,7 @@ def gate():
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     Gate.opened.set()
+    Gate.busy.set()
     httpd.shutdown()
 
 
@@ -256,9 +257,10 @@ def one_on_each(cluster, gate, tag: str, within: float) -> tuple[float, float]:
     return held, time.monotonic() - started
 
 
-def restart_redis_and_run_two(cluster, gate, tag: str, *, while_busy: str | None = None) -> dict:
+def restart_redis_and_run_two(cluster, gate, tag: str, *, then=lambda: None, within: float = 10) -> dict:
     """Stop Redis (a request then answers 500), start it again empty, and send two predictions through the
-    gate: they must be held one on each instance, then complete. Returns what was measured."""
+    gate (after ``then()``): they must be held one on each instance within ``within`` seconds, then
+    complete. Returns what was measured."""
     redis_server, servers = cluster
     before = {s.port: (lines(s, OUTAGE), lines(s, BACK), lines(s, "Traceback")) for s in servers}
     Gate.opened.clear()
@@ -267,9 +269,10 @@ def restart_redis_and_run_two(cluster, gate, tag: str, *, while_busy: str | None
     assert (code, body["error"]) == (500, "InternalServerError") and "retry in a few seconds" in body["message"], body
     time.sleep(1.5)  # out a while longer: the job loops retry without a line each
     redis_server.start()
-    # sent at once, before any instance made the queue again; each instance takes one (the busy one once
+    then()
+    # sent at once, before any instance made the queue again; each instance takes one (a busy one once
     # its job ended): both job loops run again
-    held_after, done_after = one_on_each(cluster, gate, tag, 10 if while_busy is None else 300)
+    held_after, done_after = one_on_each(cluster, gate, tag, within)
     for s in servers:  # one line for the outage and one when it ended, per instance; no traceback
         wait_until(lambda s=s: lines(s, BACK) > before[s.port][1], 30, f"no 'Redis is back' line:\n{s.log_tail()}")
         assert (lines(s, OUTAGE), lines(s, BACK), lines(s, "Traceback")) == \
@@ -300,14 +303,15 @@ def test_redis_restarted_empty_while_idle_then_new_predictions_complete_on_both_
 
 
 def test_redis_restarted_empty_while_a_job_runs_then_new_predictions_complete_on_both_instances(cluster, gate):
+    """The busy job is held by its instance, fetching its photo, through the restart (a job in ComfyUI can
+    end within a poll on a fast machine); it then runs in ComfyUI and ends after Redis is back."""
     redis_server, servers = cluster
-    code, body = run(servers[0], {"model_image": data_uri(png_bytes(BIGGER_PHOTO)), "return_base64": True})
+    Gate.busy.clear()
+    code, body = run(servers[0], {"model_image": f"{gate}/busy/1", "return_base64": True})
     assert code == 200, body
     busy = body["id"]
-    wait_until(lambda: raw(servers[0], "GET", f"/v1/status/{busy}")[1]["status"] == "processing", 300,
-               "the busy prediction never reached processing")
-    (holder,) = holders(redis_server)
-    took = restart_redis_and_run_two(cluster, gate, "busy", while_busy=busy)
+    (holder,) = wait_until(lambda: holders(redis_server), 60, "no instance took the busy prediction")
+    took = restart_redis_and_run_two(cluster, gate, "busy", then=Gate.busy.set, within=120)
     print(f"Redis restarted while a job ran: both instances held a new job {took['held_after']:.1f} s and "
           f"completed it {took['done_after']:.1f} s after Redis was up again")
     # the job that ran through the restart finished on its GPU; Redis had forgotten it, so it stays a 404
