@@ -296,7 +296,7 @@ def test_redis_restarted_empty_while_idle_then_new_predictions_complete_on_both_
         code, view = raw(s, "GET", "/v1/cluster")
         assert code == 200, view
         assert view["this_instance"]["worker"] == consumer_of(s) and view["this_instance"]["redis_outages"] >= 1
-        assert re.match(r"(ConnectionError|TimeoutError|ResponseError: NOGROUP)", view["this_instance"]["last_redis_error"])
+        assert re.match(r"(ConnectionError|TimeoutError|ResponseError)", view["this_instance"]["last_redis_error"])
         assert view["redis"]["reachable"] and view["redis"]["max_in_flight"] == CAP
         assert sorted(i["worker"] for i in view["instances"]) == sorted(consumer_of(x) for x in servers)
     assert raw(servers[0], "GET", "/v1/cluster", key="wrong")[0] == 401
