@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--api-key", default=os.environ.get("MODELSWAP_API_KEY") or os.environ.get("FASHN_API_KEY"),
                     help="the API's key (default: $MODELSWAP_API_KEY or $FASHN_API_KEY)")
     ap.add_argument("--models-dir", type=Path, action="append", default=[],
-                    help="models folder(s) to check before starting (default with --comfyui: ComfyUI's own)")
+                    help="models folder(s) to check before starting (default with --comfyui: ComfyUI's own); also where "
+                         "the face analyser (facedetection/) and the face library are found to measure a face "
+                         "set's consistency (with --server or --api: give the server's models folder)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one photo may take")
     ap.epilog = "Everything after '--' goes to ComfyUI when --comfyui starts it, e.g. -- --cpu"
     return ap
@@ -93,7 +96,7 @@ def main(argv=None, stream=None) -> int:
         return wr.EXIT_USAGE
 
     if args.api:
-        return _api_run(args, comfy_args, wr, cat, sheet, usage, stream)
+        return _api_run(args, own, comfy_args, wr, cat, sheet, usage, stream)
     if args.workflow is None:
         return usage("give the workflow to run (e.g. workflows/api/model_swap_api.json), or --api URL")
     if args.face is not None and args.face_reference is not None:
@@ -147,6 +150,9 @@ def main(argv=None, stream=None) -> int:
         finally:
             if args.out.is_dir():
                 sheet.write(args.out, items, title=f"Catalogue: {args.photos}")
+        folders = wr.model_folders(args.comfyui, comfy_args, args.models_dir) if (
+            args.models_dir or args.comfyui) else None
+        _consistency(args, own, items, folders, {}, sheet, stream)
     except wr.WorkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return wr.EXIT_FAILED
@@ -175,12 +181,11 @@ def _saved_faces(args, items, comfy_args, wr) -> None:
             item.face_reference = pictures[item.face]
 
 
-def _api_run(args, comfy_args, wr, cat, sheet, usage, stream) -> int:
+def _api_run(args, own, comfy_args, wr, cat, sheet, usage, stream) -> int:
     """The set through the HTTP API: the server's own workflow; --mode is its generation_mode."""
     api = importlib.import_module("comfyui_model_swap.nodes.headless.catalogue_api")
     unused = [flag for flag, value in (("a workflow", args.workflow), ("--set", args.set),
-                                       ("--segmenter", args.segmenter), ("--models-dir", args.models_dir),
-                                       ("flags after '--'", comfy_args)) if value]
+                                       ("--segmenter", args.segmenter), ("flags after '--'", comfy_args)) if value]
     if unused:
         return usage(f"--api runs the server's own workflow: leave out {', '.join(unused)}")
     if args.face_reference is not None and not args.face_reference.is_file():
@@ -210,9 +215,35 @@ def _api_run(args, comfy_args, wr, cat, sheet, usage, stream) -> int:
     finally:
         if args.out.is_dir():
             sheet.write(args.out, items, title=f"Catalogue: {args.photos}")
+    pictures = {}  # saved faces' pictures for measuring, where --models-dir holds the library
+    for name in sorted({args.face, *(item.face for item in items)} - {None}) if args.models_dir else ():
+        try:
+            pictures[name] = wr.saved_face(name, None, [], args.models_dir)
+        except (wr.WorkflowError, ValueError):
+            pass
+    _consistency(args, own, items, wr.model_folders(None, [], args.models_dir) if args.models_dir else None,
+                 pictures, sheet, stream)
     print(f"{summary.line()}; manifest: {args.out / 'manifest.csv'}; contact sheet: "
           f"{args.out / 'contact_sheet.html'}", file=stream or sys.stderr)
     return wr.EXIT_FAILED if summary.failed else 0
+
+
+def _consistency(args, own, items, folders, pictures, sheet, stream) -> None:
+    """Consistency, measured (nodes/headless/consistency.py): identity figures in the manifest, the contact
+    sheet and the summary, drifted photos in <out>/rerun.csv with the command that re-runs them."""
+    measure = importlib.import_module("comfyui_model_swap.nodes.headless.consistency").measure_set
+    if not args.out.is_dir():
+        return
+    command = list(own)
+    for k, token in enumerate(command):
+        if token == args.photos:
+            command[k] = "{csv}"
+        elif token == "--out" and k + 1 < len(command):
+            command[k + 1] = "{out}"
+    hint = shlex.join(["python", "scripts/run_catalogue.py", *command]).replace("'{csv}'", "{csv}").replace("'{out}'", "{out}")
+    for line in measure(args.out, items, folders, pictures, rerun_hint=hint):
+        print(line, file=stream or sys.stderr)
+    sheet.write(args.out, items, title=f"Catalogue: {args.photos}")
 
 
 if __name__ == "__main__":

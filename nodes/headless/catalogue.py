@@ -53,6 +53,8 @@ class Record:
     seconds: float = 0.0
     prompt_id: str = ""
     finished_at: str = ""
+    identity: list = field(default_factory=list)  # per output: cosine to the set's face, or "no face" (consistency)
+    drifted: list = field(default_factory=list)  # the outputs flagged as drifted from that face
 
 
 def safe_name(text: str) -> str:
@@ -180,17 +182,21 @@ class Manifest:
     def put(self, record: Record, order: list[str]) -> None:
         """Record one photo and rewrite both files (atomically), rows in the set's ``order``."""
         self.records[record.name] = record
+        self.save(order)
+
+    def save(self, order: list[str]) -> None:
+        """Rewrite both files (atomically) from the records, rows in the set's ``order``."""
         rows = [self.records[n] for n in order if n in self.records]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _replace(self.out_dir / MANIFEST_JSON, json.dumps({"photos": [asdict(r) for r in rows]}, indent=1))
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(["input", "name", "status", "outputs", "seed", "face", "face_reference", "error", "notes",
-                         "seconds", "prompt_id", "finished_at"])
+                         "seconds", "prompt_id", "finished_at", "identity", "drifted"])
         for r in rows:
             writer.writerow([r.input, r.name, r.status, " ".join(r.outputs), "" if r.seed is None else r.seed,
                              r.face, r.face_reference, r.error, " ".join(r.notes), f"{r.seconds:.2f}", r.prompt_id,
-                             r.finished_at])
+                             r.finished_at, "; ".join(str(v) for v in r.identity), " ".join(r.drifted)])
         _replace(self.out_dir / MANIFEST_CSV, text.getvalue())
 
 

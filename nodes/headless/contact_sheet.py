@@ -20,7 +20,8 @@ h1{font-size:18px;margin:0 0 4px}p.sum{margin:0 0 12px;color:#555}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}
 th{background:#eee}img{height:120px;width:auto;display:block;background:#ccc}
 tr.error td{background:#fde8e8}tr.note td{background:#fff6d8}tr.missing td{background:#f0f0f0}
-.outs{display:flex;gap:6px}.st{font-weight:bold}.err{color:#a00;max-width:360px}.note{color:#7a5a00;max-width:360px}
+.outs{display:flex;gap:6px}figure{margin:0}figcaption{font-size:12px;color:#555}
+figure.drifted img{outline:3px solid #c00}figure.drifted figcaption{color:#a00;font-weight:bold}.st{font-weight:bold}.err{color:#a00;max-width:360px}.note{color:#7a5a00;max-width:360px}
 """
 
 
@@ -59,8 +60,9 @@ def _row(out_dir: Path, item: Item, r, status: str) -> tuple[str, str]:
     src = f"<img src='{_link(out_dir, item.image)}' alt='input {name}'>" if problem is None else \
         f"<div class='err'>({html.escape(problem)})</div>"
     inp = f"<td>{src}<div>{html.escape(Path(item.image).name)}</div></td>"
-    outs = "".join(f"<a href='{html.escape(f, quote=True)}'><img src='{html.escape(f, quote=True)}' "
-                   f"alt='output {html.escape(f)}'></a>" for f in (r.outputs if r else []))
+    outs = "".join(f"<figure class='out{' drifted' if r and f in r.drifted else ''}'><a href='{html.escape(f, quote=True)}'>"
+                   f"<img src='{html.escape(f, quote=True)}' alt='output {html.escape(f)}'></a>{_identity(r, k)}</figure>"
+                   for k, f in enumerate(r.outputs if r else []))
     details = [f"<div class='st'>{html.escape(status)}</div>"]
     if r is not None:
         details.append(f"<div>seed {r.seed if r.seed is not None else '-'}, {r.seconds:.1f} s</div>")
@@ -72,3 +74,12 @@ def _row(out_dir: Path, item: Item, r, status: str) -> tuple[str, str]:
     else:
         details.append("<div>not made yet: run the command again</div>")
     return status, f"{inp}<td><div class='outs'>{outs}</div></td><td>{''.join(details)}</td>"
+
+
+def _identity(r, k: int) -> str:
+    """The output's identity figure (consistency): cosine to the set's face, "no face", drifted marked."""
+    if r is None or k >= len(r.identity):
+        return ""
+    value = r.identity[k]
+    text = f"identity {value:.3f}" if isinstance(value, (int, float)) else f"identity: {value}"
+    return f"<figcaption>{html.escape(text)}{' drifted' if r.outputs[k] in r.drifted else ''}</figcaption>"
