@@ -20,6 +20,7 @@ so two held jobs are one on each instance.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import sys
@@ -319,6 +320,40 @@ def test_redis_restarted_empty_while_a_job_runs_then_new_predictions_complete_on
     assert f"prediction {busy} ended, but Redis no longer has its record" in server.log_text()
     code, body = raw(servers[1], "GET", f"/v1/status/{busy}")
     assert (code, body["error"]) == (404, "NotFound")
+
+
+def test_a_catalogue_set_through_the_api_is_spread_over_both_instances(cluster, tmp_path):
+    """Issue 14: scripts/run_catalogue.py --api against one instance's URL; Redis spreads the set's jobs, so
+    both instances run some (each holds one at a time, three are open at once); one broken file is recorded."""
+    from io import StringIO
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import run_catalogue
+
+    _, servers = cluster
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for i, side in enumerate((64, 80, 96)):
+        Image.fromarray(np.asarray(faceless(PHOTO))).resize((side, side)).save(shoot / f"look_{i}.png")
+    (shoot / "look_3_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 8)
+    executed = [lines(s, r"Prompt executed in") for s in servers]
+    out, stream = tmp_path / "out", StringIO()
+    code = run_catalogue.main([str(shoot), "--api", servers[0].url, "--api-key", KEY, "--mode", "fast",
+                               "--seed", "5", "--in-flight", "3", "--out", str(out)], stream=stream)
+    said = stream.getvalue()
+    assert code == 1 and "4 photos: 3 ok, 0 with a note, 1 failed" in said, said
+    records = {r["name"]: r for r in json.loads((out / "manifest.json").read_text())["photos"]}
+    assert [records[f"look_{i}"]["status"] for i in range(3)] == ["ok"] * 3
+    assert "is not a readable image" in records["look_3_broken"]["error"]
+    for i, side in enumerate((64, 80, 96)):
+        with Image.open(out / f"look_{i}_1.png") as made:
+            assert made.size == (side, side)
+    ran = [lines(s, r"Prompt executed in") - before for s, before in zip(servers, executed)]
+    assert sum(ran) == 3 and min(ran) >= 1, ran  # Redis gave both instances some of the set
+    assert (out / "contact_sheet.html").is_file()
 
 
 def test_forty_predictions_on_two_instances_end_once_and_survive_one_instance_killed(cluster):
