@@ -256,10 +256,12 @@ def test_saved_faces_by_name_and_face_references_by_file_in_one_csv(photos, serv
     assert (records["look_04"]["face"], Path(records["look_04"]["face_reference"])) == ("Anna", saved / "face.png")
     assert (records["look_05"]["face"], records["look_05"]["face_reference"]) == ("", str(tmp_path / "ref.png"))
     assert all(r["status"] == "ok" and len(r["outputs"]) == 1 for r in records.values())
-    said = stream.getvalue()  # consistency, measured with the tiny YuNet + SFace of --models-dir
+    # consistency, measured with the tiny YuNet + SFace of --models-dir: its detector sees no face in these
+    # tiny-model outputs here (it fires on the astronaut, whose figures test_catalogue_consistency.py checks)
+    said = stream.getvalue()
     assert "Identity to face 'Anna'" in said and "Identity to face reference ref.png" in said, said
     assert all(len(r["identity"]) == 1 and (r["identity"][0] == "no face" or -1.0 <= r["identity"][0] <= 1.0)
-               for r in records.values()), records
+               for r in records.values()), records  # "no face" on the machines measured; a number is as valid
     sheet.write_text(f"image,face\n{photos / 'look_04.jpg'},Bob\n")
     code = run_catalogue.main([*command[:2], "--out", str(tmp_path / "none"), *command[4:]])
     assert code == wr.EXIT_USAGE and not (tmp_path / "none").exists()
