@@ -21,7 +21,10 @@ Photos are checked, uploaded and queued while ComfyUI works, --in-flight at a ti
 cannot be read or whose job fails is recorded with its error and the set goes on. Outputs are
 <out>/<name>_<k>.png; <out>/manifest.json and manifest.csv (input, outputs, seed, face reference,
 status ok/note/error, error, notes, seconds) are rewritten after each photo, and
-<out>/contact_sheet.html shows every input beside its outputs. Running the same command again skips
+<out>/contact_sheet.html shows every input beside its outputs. For photos made with a face, each output's
+identity cosine to it (or "no face") is added to the manifest, the sheet and the summary, and drifted ones
+go to <out>/rerun.csv with the command that makes them again (README "Catalogue runs"; needs the face
+analyser's models: --comfyui's or --models-dir's facedetection/). Running the same command again skips
 the photos whose outputs are there, so a crash or Ctrl-C costs only the photos in flight.
 
 Exit codes: 0 every photo made (some may carry a note, e.g. no person found), 1 some photos failed

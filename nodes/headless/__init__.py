@@ -6,4 +6,6 @@ needs), ``client`` (the pack's one HTTP client for ComfyUI and the job it drives
 A set of photos from one command (scripts/run_catalogue.py): ``catalogue`` (the photos from a folder, glob
 or CSV; the results manifest a rerun resumes from), ``catalogue_run`` (the set through one ComfyUI, the next
 job queued, with the progress line), ``catalogue_api`` (the set through the FASHN-compatible API),
-``progress_ws`` (ComfyUI's step progress from its websocket) and ``contact_sheet`` (the review page)."""
+``progress_ws`` (ComfyUI's step progress from its websocket), ``contact_sheet`` (the review page) and
+``consistency`` (each output's identity to the set's face, drifted ones flagged; uses the pack's OpenCV
+face analyser, so it needs OpenCV where the runner runs)."""
