@@ -234,8 +234,12 @@ def _api_run(args, own, comfy_args, wr, cat, sheet, usage, stream) -> int:
 def _consistency(args, own, items, folders, pictures, sheet, stream) -> None:
     """Consistency, measured (nodes/headless/consistency.py): identity figures in the manifest, the contact
     sheet and the summary, drifted photos in <out>/rerun.csv with the command that re-runs them."""
-    measure = importlib.import_module("comfyui_model_swap.nodes.headless.consistency").measure_set
     if not args.out.is_dir():
+        return
+    try:
+        measure = importlib.import_module("comfyui_model_swap.nodes.headless.consistency").measure_set
+    except ImportError as exc:  # numpy / OpenCV missing where the runner runs
+        print(f"Consistency not measured: the face analyser cannot be imported here ({exc}).", file=stream or sys.stderr)
         return
     command = list(own)
     for k, token in enumerate(command):
