@@ -148,5 +148,13 @@ def test_without_the_analysers_models_consistency_is_said_not_measured_once(mode
     # the analyser there, but the saved face's picture is not (an --api set without the library)
     assert con.measure_set(out, items, ModelFolders([models])) == [
         "Identity to face 'Anna': not measured, its picture is not in the models folders given (--models-dir)"]
+    # with the library's picture (the --api mode finds it in --models-dir): measured, no face in these outputs
+    Image.fromarray(np.ascontiguousarray(tiny_models.astronaut(128))).save(tmp_path / "anna.png")
+    Image.fromarray(_picture(50)).save(tmp_path / "blank.png")
+    assert con.measure_set(out, items, ModelFolders([models]), {"Anna": tmp_path / "anna.png"}) == [
+        "Identity to face 'Anna': no face found in its 2 outputs"]
+    assert _records(out)["a"]["identity"] == ["no face"]
+    assert con.measure_set(out, items, ModelFolders([models]), {"Anna": tmp_path / "blank.png"}) == [
+        "Identity to face 'Anna': not measured, the face analyser finds no face in its picture"]
     plain = tmp_path / "plain"  # a set made without any face says nothing
     assert con.measure_set(plain, _set(plain, [{"name": "x", "pictures": [_picture(50)]}]), None) == []

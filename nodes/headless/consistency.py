@@ -91,7 +91,10 @@ def _read_rgb(path: Path):
 def embed(analyser, path: Path):
     """The identity embedding of the largest face in the picture at ``path``, or None."""
     image = _read_rgb(Path(path))
-    faces = analyser.analyze(image) if image is not None else []
+    try:
+        faces = analyser.analyze(image) if image is not None else []
+    except Exception:  # a picture the analyser refuses (e.g. under 16 px) measures as no face
+        faces = []
     return None if not faces or faces[0].embedding is None else np.asarray(faces[0].embedding)
 
 
