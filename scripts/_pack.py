@@ -29,3 +29,19 @@ def split_comfy_args(argv: list[str]) -> tuple[list[str], list[str]]:
         i = argv.index("--")
         return argv[:i], argv[i + 1:]
     return argv, []
+
+
+def report_missing_models(wr, graph: dict, workflow, comfyui, comfy_args: list[str], models_dirs: list) -> bool:
+    """When the model folders ComfyUI will use are known (``--comfyui`` or ``--models-dir``), print every
+    model ``graph`` needs that is missing there, with the installer command; True when one is."""
+    if not (models_dirs or comfyui):
+        return False
+    folders = wr.model_folders(comfyui, comfy_args, models_dirs)
+    missing = wr.missing_models(wr.required_models(graph), folders)
+    if missing:
+        print("Models missing; download them with `python scripts/get_models.py --workflow "
+              f"{workflow}` (same --comfyui/--models-dir), or place them as follows, then run again:",
+              file=sys.stderr)
+        for line in missing:
+            print(f"  - {line}", file=sys.stderr)
+    return bool(missing)

@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pack import split_comfy_args  # noqa: E402
+from _pack import report_missing_models, split_comfy_args  # noqa: E402
 from run_workflow import _runner  # noqa: E402
 
 
@@ -131,16 +131,8 @@ def main(argv=None, stream=None) -> int:
     except (wr.WorkflowError, ValueError) as exc:
         return usage(str(exc))
     try:
-        if args.models_dir or args.comfyui:
-            folders = wr.model_folders(args.comfyui, comfy_args, args.models_dir)
-            missing = wr.missing_models(wr.required_models(graph), folders)
-            if missing:
-                print("Models missing; download them with `python scripts/get_models.py --workflow "
-                      f"{args.workflow}` (same --comfyui/--models-dir), or place them as follows, then run again:",
-                      file=sys.stderr)
-                for line in missing:
-                    print(f"  - {line}", file=sys.stderr)
-                return wr.EXIT_MISSING_MODELS
+        if report_missing_models(wr, graph, args.workflow, args.comfyui, comfy_args, args.models_dir):
+            return wr.EXIT_MISSING_MODELS
         print(f"Catalogue: {len(items)} photos -> {args.out}", file=stream or sys.stderr)
         try:
             if args.server:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pack import split_comfy_args  # noqa: E402
+from _pack import report_missing_models, split_comfy_args  # noqa: E402
 
 
 def _runner():
@@ -111,16 +111,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return wr.EXIT_USAGE
     try:
-        if args.models_dir or args.comfyui:
-            folders = wr.model_folders(args.comfyui, comfy_args, args.models_dir)
-            missing = wr.missing_models(wr.required_models(graph), folders)
-            if missing:
-                print("Models missing; download them with `python scripts/get_models.py --workflow "
-                      f"{args.workflow}` (same --comfyui/--models-dir), or place them as follows, then run again:",
-                      file=sys.stderr)
-                for line in missing:
-                    print(f"  - {line}", file=sys.stderr)
-                return wr.EXIT_MISSING_MODELS
+        if report_missing_models(wr, graph, args.workflow, args.comfyui, comfy_args, args.models_dir):
+            return wr.EXIT_MISSING_MODELS
         if args.server:
             result = wr.run(wr.ComfyClient(args.server), graph, overrides, args.out, args.timeout)
         else:

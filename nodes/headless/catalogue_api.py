@@ -7,7 +7,6 @@ sends again). Same manifest, resume, progress and summary as the workflow run. S
 from __future__ import annotations
 
 import base64
-import collections
 import json
 import mimetypes
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from ..model_folders import WorkflowError
 from .catalogue import Item, Manifest, Record, image_problem
-from .catalogue_run import POLL_S, Progress, Summary, _now
+from .catalogue_run import POLL_S, Progress, Summary, _now, resume
 from .client import ComfyClient
 
 
@@ -51,15 +50,7 @@ def run_catalogue_api(url: str, items: list[Item], out_dir: Path, *, inputs: dic
     manifest, order = Manifest(out_dir), [item.name for item in items]
     summary, progress = Summary(total=len(items)), Progress(len(items), stream)
     started = last_done = time.monotonic()
-    todo: collections.deque[Item] = collections.deque()
-    for item in items:
-        done = manifest.finished(item)
-        if done is not None:
-            summary.counts[done.status] += 1
-            summary.skipped += 1
-            progress.finished(done, skipped=True)
-        else:
-            todo.append(item)
+    todo = resume(items, manifest, summary, progress)
 
     def record(item: Item, status: str, seconds: float, **fields) -> None:
         r = Record(input=str(item.image), name=item.name, status=status, seconds=round(seconds, 3),

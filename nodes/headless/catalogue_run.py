@@ -84,6 +84,21 @@ class Progress:
         self.stream.flush()
 
 
+def resume(items: list[Item], manifest: Manifest, summary: Summary, progress: Progress) -> collections.deque:
+    """The photos still to make: those the manifest records as finished (their outputs in place) are
+    counted as done before and shown as skipped."""
+    todo: collections.deque[Item] = collections.deque()
+    for item in items:
+        record = manifest.finished(item)
+        if record is not None:
+            summary.counts[record.status] += 1
+            summary.skipped += 1
+            progress.finished(record, skipped=True)
+        else:
+            todo.append(item)
+    return todo
+
+
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
@@ -110,15 +125,7 @@ def run_catalogue(client: ComfyClient, graph: dict, base: Overrides, items: list
     order = [item.name for item in items]
     summary, progress = Summary(total=len(items)), Progress(len(items), stream)
     started = time.monotonic()
-    todo: collections.deque[Item] = collections.deque()
-    for item in items:
-        record = manifest.finished(item)
-        if record is not None:
-            summary.counts[record.status] += 1
-            summary.skipped += 1
-            progress.finished(record, skipped=True)
-        else:
-            todo.append(item)
+    todo = resume(items, manifest, summary, progress)
     pending: collections.deque[_Job] = collections.deque()
     faces: dict[Path, str] = {}
     last_done = time.monotonic()
