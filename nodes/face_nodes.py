@@ -12,6 +12,7 @@ from pathlib import Path
 from comfy_api.latest import io, ui
 
 from . import comfy_glue as glue
+from . import widgets
 from .loader_nodes import FaceAnalyzerType, GeneratorType
 from .pipeline import contract as c
 from .pipeline import face_library as fl
@@ -58,10 +59,8 @@ class CreateFace(io.ComfyNode):
                                 tooltip="Anything else about the person, e.g. 'freckles, green eyes'."),
                 io.Int.Input("seed", default=c.SEED.default, min=0, max=c.SEED_MAX,
                              tooltip="Candidate i uses seed + i; the same seed and description give the same faces."),
-                io.Int.Input("count", default=fl.COUNT.default, min=fl.COUNT.bounds[0], max=fl.COUNT.bounds[1],
-                             tooltip=fl.COUNT.meaning),
-                io.Int.Input("size", default=0, min=0, max=2048, step=16,  # faces.MAX_SIZE (API)
-                             tooltip="Side of the square portrait in pixels; 0 = the engine's work size (1024)."),
+                widgets.number(fl.COUNT),
+                widgets.number(fl.SIZE),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The candidates, in seed order."),

@@ -77,7 +77,6 @@ def entry(name: str, dirs: Dirs) -> dict:
     return next(f for f in listing(lambda: folders)["faces"] if f["name"] == name)
 
 
-MAX_SIZE = 2048  # Create Face's size widget's maximum
 
 
 def _creation_request(body: object) -> tuple[str, int, fl.Description, int, bool]:
@@ -101,8 +100,9 @@ def _creation_request(body: object) -> tuple[str, int, fl.Description, int, bool
         raise bad_request(str(exc)) from None
     if not isinstance(overwrite, bool):
         raise bad_request("overwrite must be true or false.")
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE or size % 16:
-        raise bad_request(f"size={size!r}: give a multiple of 16 from 0 (the engine's work size) to {MAX_SIZE}.")
+    problem = fl.SIZE.problem(size)  # the Create Face widget's declaration
+    if problem is not None:
+        raise bad_request(problem)
     return name, seed, description, size, overwrite
 
 

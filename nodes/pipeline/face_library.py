@@ -42,6 +42,8 @@ RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt
 AUTO = "auto"  # a description field drawn from the seed
 PERSONS = ("woman", "man", "person")
 COUNT = c.Param("count", int, 1, (1, 4), meaning="How many candidate faces to make, 1 to 4 (candidate i uses seed + i).")
+SIZE = c.Param("size", int, 0, (16, 2048), step=16, multiple=16, engine_default=True,
+               meaning="Side of the square portrait in pixels; 0 = the engine's work size (1024).")
 FRAMING = ("head-and-shoulders studio portrait photo facing the camera, looking into the lens, face large and "
            "centred, plain light grey background, soft even neutral light")
 MIN_FACE_FRACTION = 0.2  # the face box's width must be at least this share of the picture's width
